@@ -1,0 +1,9 @@
+"""TFDS builders of the needles_tf benchmark datasets.
+
+Importing this package registers them with TFDS, so that for example
+`tfds.load("nmnist/canvas_256")` works. Builders never import `needles_tf`.
+"""
+
+from tfds_builders import nmnist
+
+__all__ = ["nmnist"]

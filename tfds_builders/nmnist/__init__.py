@@ -1,0 +1,5 @@
+"""nMNIST: needle MNIST, a TFDS dataset-as-folder (paper 000, §2.1, App. A.1)."""
+
+from .nmnist_dataset_builder import Builder
+
+__all__ = ["Builder"]
