@@ -1,0 +1,79 @@
+"""build_model(config): image -> extractor -> MIL head -> named outputs.
+
+`config` is an ml_collections ConfigDict (see configs/) with the fields
+  extractor: name in EXTRACTORS ("bagnet"; the multi-resolution extractor of
+    paper 004 registers here too),
+  receptive_field, width: the BagNet receptive field (9, 33, 177) and capacity s,
+  input_channels: 1 or 3, the channels the extractor sees,
+  head: "embedding" or "instance" (needles_tf.models.heads),
+  pooling, pooling_kwargs: a name in needles_tf.layers.pooling.POOLINGS and its
+    arguments (e.g. {"r0": 5.0} for "lse_lba"),
+  num_classes: K sigmoid outputs (1 for a binary task),
+  dtype_policy: Keras dtype policy of the extractor, e.g. "float32" or
+    "mixed_bfloat16" (heads and pooling always compute in float32).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import keras
+from keras import ops
+
+from needles_tf.models.bagnet import build_bagnet
+from needles_tf.models.heads import HEADS
+
+EXTRACTORS: dict[str, Callable[..., keras.Model]] = {
+    "bagnet": lambda config, dtype: build_bagnet(
+        config.input_channels, config.receptive_field, config.width, dtype=dtype
+    ),
+}
+
+
+@keras.saving.register_keras_serializable(package="needles_tf")
+class ImagePreprocessing(keras.layers.Layer):
+    """Pixel values in [0, 255] (uint8 or float, 1 or 3 channels) -> [0, 1] with `channels`.
+
+    One channel from three by averaging; three from one by repetition.
+    """
+
+    def __init__(self, channels: int, **kwargs):
+        super().__init__(**kwargs)
+        if channels not in (1, 3):
+            raise ValueError(f"input_channels={channels}: expected 1 or 3.")
+        self.channels = int(channels)
+
+    def call(self, images):
+        x = ops.cast(images, self.compute_dtype) / 255.0
+        if self.channels == 1:
+            return ops.mean(x, axis=-1, keepdims=True)
+        shape = ops.shape(x)
+        return ops.broadcast_to(x, (shape[0], shape[1], shape[2], 3))
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:3], self.channels)
+
+    def get_config(self):
+        return {**super().get_config(), "channels": self.channels}
+
+
+def build_model(config) -> keras.Model:
+    """The classifier of `config`, returning a dict of named outputs."""
+    if config.extractor not in EXTRACTORS:
+        raise ValueError(f"extractor={config.extractor!r}: expected one of {sorted(EXTRACTORS)}.")
+    if config.head not in HEADS:
+        raise ValueError(f"head={config.head!r}: expected one of {sorted(HEADS)}.")
+    if config.num_classes < 1:
+        raise ValueError(f"num_classes={config.num_classes}: expected at least 1.")
+    dtype = config.get("dtype_policy", None) or None
+    images = keras.Input((None, None, None), name="image")
+    x = ImagePreprocessing(config.input_channels, dtype=dtype, name="preprocessing")(images)
+    embedding = EXTRACTORS[config.extractor](config, dtype)(x)
+    outputs = HEADS[config.head](
+        embedding,
+        num_classes=config.num_classes,
+        pooling=config.pooling,
+        pooling_kwargs=dict(config.get("pooling_kwargs", None) or {}),
+    )
+    name = f"{config.extractor}_{config.head}_{config.pooling}"
+    return keras.Model(images, outputs, name=name)
