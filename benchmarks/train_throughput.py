@@ -14,6 +14,8 @@ two products of the same size in the backward pass); the classifier is negligibl
 from __future__ import annotations
 
 import itertools
+import pathlib
+import runpy
 import time
 
 import keras
@@ -33,19 +35,11 @@ _CASES = flags.DEFINE_list(
 
 
 def model_config(width: float, policy: str) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(
-        {
-            "extractor": "bagnet",
-            "receptive_field": 33,
-            "width": width,
-            "input_channels": 1,
-            "head": "embedding",
-            "pooling": "max",
-            "pooling_kwargs": {},
-            "num_classes": 1,
-            "dtype_policy": policy,
-        }
-    )
+    """configs/nmnist.py's model (RF 33, max pooling) at capacity `width` and `policy`."""
+    path = pathlib.Path(__file__).parents[1] / "configs" / "nmnist.py"
+    config = runpy.run_path(str(path))["get_config"]().model
+    config.update({"width": width, "dtype_policy": policy})
+    return config
 
 
 def forward_flops(model: keras.Model, size: int) -> float:

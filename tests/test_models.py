@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pathlib
+import runpy
+
 import keras
 import ml_collections
 import numpy as np
@@ -13,21 +16,14 @@ from needles_tf.layers.pooling import POOLINGS
 from needles_tf.models.bagnet import build_bagnet
 from needles_tf.models.factory import build_model
 
+CONFIGS = pathlib.Path(__file__).parents[1] / "configs"
+
 
 def model_config(**overrides) -> ml_collections.ConfigDict:
-    config = {
-        "extractor": "bagnet",
-        "receptive_field": 33,
-        "width": 0.125,
-        "input_channels": 1,
-        "head": "embedding",
-        "pooling": "max",
-        "pooling_kwargs": {},
-        "num_classes": 1,
-        "dtype_policy": "float32",
-    }
-    config.update(overrides)
-    return ml_collections.ConfigDict(config)
+    """The `model` part of configs/nmnist.py, at width 1/8 unless overridden."""
+    config = runpy.run_path(str(CONFIGS / "nmnist.py"))["get_config"]().model
+    config.update({"width": 0.125, **overrides})
+    return config
 
 
 @pytest.mark.parametrize("width, expected", [(1.0, 23_093_442), (0.25, 1_455_666)])
