@@ -30,11 +30,16 @@ def register_pooling(name: str) -> Callable[[type], type]:
     return register
 
 
-def get_pooling(pooling: str, **kwargs) -> GlobalPooling:
-    """Builds the pooling layer registered as `pooling`; kwargs go to its constructor."""
+def pooling_class(pooling: str) -> type[GlobalPooling]:
+    """The layer class registered as `pooling`."""
     if pooling not in POOLINGS:
         raise ValueError(f"pooling={pooling!r}: expected one of {sorted(POOLINGS)}.")
-    return POOLINGS[pooling](**kwargs)
+    return POOLINGS[pooling]
+
+
+def get_pooling(pooling: str, **kwargs) -> GlobalPooling:
+    """Builds the pooling layer registered as `pooling`; kwargs go to its constructor."""
+    return pooling_class(pooling)(**kwargs)
 
 
 class GlobalPooling(keras.layers.Layer):
@@ -44,6 +49,8 @@ class GlobalPooling(keras.layers.Layer):
     has_weights = False
     # Maps values in [0, 1] into [0, 1], so it can pool instance probabilities.
     preserves_probability = True
+    # Only defined for inputs in [0, 1], so it cannot pool embeddings.
+    needs_probabilities = False
 
     def __init__(self, *, return_weights: bool = False, **kwargs):
         kwargs.setdefault("dtype", "float32")
@@ -73,16 +80,9 @@ def _num_positions(x):
     return ops.cast(shape[1] * shape[2], x.dtype)
 
 
-def _logsumexp_positions(x):
-    """log Σ_positions exp(x), shifted by the maximum so that it cannot overflow."""
-    peak = ops.stop_gradient(ops.max(x, axis=(1, 2), keepdims=True))
-    total = ops.sum(ops.exp(x - peak), axis=(1, 2))
-    return ops.log(total) + ops.squeeze(peak, axis=(1, 2))
-
-
 def _mean_logsumexp(x, r):
     """(1/r) log( (1/N) Σ exp(r x) ): between the mean (r -> 0) and the max (r -> inf)."""
-    return (_logsumexp_positions(r * x) - ops.log(_num_positions(x))) / r
+    return (ops.logsumexp(r * x, axis=(1, 2)) - ops.log(_num_positions(x))) / r
 
 
 @register_pooling("max")
@@ -108,7 +108,7 @@ class LogSumExpPooling(GlobalPooling):
     preserves_probability = False
 
     def pool(self, x):
-        return _logsumexp_positions(x)
+        return ops.logsumexp(x, axis=(1, 2))
 
 
 @register_pooling("lse_r")
@@ -191,6 +191,8 @@ class GeneralizedMeanPooling(GlobalPooling):
 @register_pooling("noisy_or")
 class NoisyOrPooling(GlobalPooling):
     """1 - Π (1 - x) over probabilities x (paper 004 §3.4), as -expm1(Σ log1p(-x))."""
+
+    needs_probabilities = True
 
     def __init__(self, epsilon: float = 1e-7, **kwargs):
         super().__init__(**kwargs)

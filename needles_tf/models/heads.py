@@ -12,7 +12,7 @@ from collections.abc import Callable
 import keras
 from keras import ops
 
-from needles_tf.layers.pooling import POOLINGS, get_pooling
+from needles_tf.layers.pooling import pooling_class
 
 HEADS: dict[str, Callable] = {}
 
@@ -43,10 +43,10 @@ class ProbabilityToLogit(keras.layers.Layer):
 
 
 def _pooling(name: str, pooling_kwargs: dict | None):
-    layer_cls = POOLINGS.get(name)
-    with_weights = layer_cls is not None and layer_cls.has_weights
-    return get_pooling(
-        name, return_weights=with_weights, name=f"{name}_pooling", **(pooling_kwargs or {})
+    """The pooling layer, returning its position weights where it has them."""
+    layer_cls = pooling_class(name)
+    return layer_cls(
+        return_weights=layer_cls.has_weights, name=f"{name}_pooling", **(pooling_kwargs or {})
     )
 
 
@@ -64,9 +64,9 @@ def embedding_pooling_head(embedding, num_classes: int, pooling: str, pooling_kw
     Saliency: the class activation map (the classifier applied at every
     position) or, with attention pooling, the attention map.
     """
-    if pooling == "noisy_or":
+    if pooling_class(pooling).needs_probabilities:
         raise ValueError(
-            "pooling='noisy_or' needs values in [0, 1]; use it with head='instance', "
+            f"pooling={pooling!r} needs values in [0, 1]; use it with head='instance', "
             "whose instance probabilities it pools."
         )
     classifier = keras.layers.Dense(num_classes, dtype="float32", name="classifier")
@@ -93,7 +93,7 @@ def instance_pooling_head(embedding, num_classes: int, pooling: str, pooling_kwa
     Paper 004 §3.6: S (B, h, w, K) is the saliency map and the pooled S the
     image probability (LSE-LBA keeps probabilities in [0, 1]).
     """
-    if pooling in POOLINGS and not POOLINGS[pooling].preserves_probability:
+    if not pooling_class(pooling).preserves_probability:
         raise ValueError(
             f"pooling={pooling!r} does not map probabilities to a probability; with "
             "head='instance' use e.g. 'lse_lba' or 'lse_r' (the mean-normalized log-sum-exp)."
