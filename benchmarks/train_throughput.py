@@ -28,7 +28,10 @@ from needles_tf.models.factory import build_model
 
 _POLICIES = flags.DEFINE_list("dtype_policy", ["float32"], "Keras dtype policies to compare.")
 _JIT = flags.DEFINE_list("jit_compile", ["false"], "XLA settings to compare (true/false).")
-_STEPS = flags.DEFINE_integer("steps", 8, "Timed training steps per case (after 2 warm-up).")
+_STEPS = flags.DEFINE_integer("steps", 8, "Timed training steps per block (after 2 warm-up).")
+_BLOCKS = flags.DEFINE_integer(
+    "blocks", 3, "Timed blocks per case; the median is reported, with the range (VMs are noisy)."
+)
 _CASES = flags.DEFINE_list(
     "cases", ["0.25:64:32", "0.25:256:8", "1.0:64:16"], "Cases as WIDTH:SIZE:BATCH."
 )
@@ -66,7 +69,8 @@ def matmul_gflops(dtype: tf.DType, n: int = 2048, repeats: int = 10) -> float:
     return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9
 
 
-def train_images_per_second(width, size, batch, policy, jit) -> tuple[float, float]:
+def train_images_per_second(width, size, batch, policy, jit) -> tuple[list[float], float]:
+    """Images/s of each timed block, and training GFLOP per image."""
     model = build_model(model_config(width, policy))
     model.compile(
         optimizer=keras.optimizers.RMSprop(5e-5),
@@ -78,13 +82,14 @@ def train_images_per_second(width, size, batch, policy, jit) -> tuple[float, flo
     labels = {"logits": tf.constant(rng.integers(0, 2, (batch, 1)).astype(np.float32))}
     for _ in range(2):
         model.train_on_batch(images, labels)
-    start = time.perf_counter()
-    for _ in range(_STEPS.value):
-        loss = model.train_on_batch(images, labels)
-    seconds = time.perf_counter() - start
-    assert np.isfinite(loss).all()
-    per_second = _STEPS.value * batch / seconds
-    return per_second, 3 * forward_flops(model, size) * per_second / 1e9
+    rates = []
+    for _ in range(_BLOCKS.value):
+        start = time.perf_counter()
+        for _ in range(_STEPS.value):
+            loss = model.train_on_batch(images, labels)
+        rates.append(_STEPS.value * batch / (time.perf_counter() - start))
+        assert np.isfinite(loss).all()
+    return rates, 3 * forward_flops(model, size) / 1e9
 
 
 def main(argv):
@@ -95,16 +100,19 @@ def main(argv):
         flush=True,
     )
     print(
-        f"{'s':>5}{'size':>6}{'batch':>6}  {'policy':<16}{'xla':<6}{'images/s':>10}{'GFLOP/s':>10}"
+        f"{'s':>5}{'size':>6}{'batch':>6}  {'policy':<16}{'xla':<6}{'images/s':>10}"
+        f"{'(range)':>15}{'GFLOP/s':>10}"
     )
     for case, policy, jit in itertools.product(_CASES.value, _POLICIES.value, _JIT.value):
         width, size, batch = case.split(":")
-        ips, gflops = train_images_per_second(
+        rates, gflop_per_image = train_images_per_second(
             float(width), int(size), int(batch), policy, jit.lower() == "true"
         )
+        median = float(np.median(rates))
+        spread = f"({min(rates):.1f}-{max(rates):.1f})"
         print(
             f"{float(width):>5}{int(size):>6}{int(batch):>6}  {policy:<16}{jit:<6}"
-            f"{ips:>10.1f}{gflops:>10.1f}",
+            f"{median:>10.1f}{spread:>15}{gflop_per_image * median:>10.1f}",
             flush=True,
         )
 

@@ -18,7 +18,7 @@ def get_config() -> ml_collections.ConfigDict:
             "pooling": "max",
             "pooling_kwargs": {},
             "num_classes": 1,
-            "dtype_policy": "float32",
+            "dtype_policy": "mixed_bfloat16",  # bf16 matrix units; float32 statistics and logits
         }
     )
     return config

@@ -40,12 +40,13 @@ def test_receptive_field(receptive_field, monkeypatch):
     Instance normalization couples all positions through its statistics; they are
     held constant here so that the gradient measures the convolutional field.
     """
-    moments = normalization.ops.moments
 
-    def constant_moments(x, axes, keepdims=False):
-        return tuple(tf.stop_gradient(m) for m in moments(x, axes=axes, keepdims=keepdims))
+    def constant_statistics(x, gamma, beta, epsilon):
+        mean, variance = (tf.stop_gradient(m) for m in tf.nn.moments(x, (1, 2), keepdims=True))
+        return (x - mean) * tf.math.rsqrt(variance + epsilon) * gamma + beta
 
-    monkeypatch.setattr(normalization.ops, "moments", constant_moments)
+    monkeypatch.setattr(normalization, "instance_normalize", constant_statistics)
+    monkeypatch.setattr(normalization, "FUSED_KERNEL_MIN_VALUES", float("inf"))
     extractor = build_bagnet(1, receptive_field, width=0.125)
     size = receptive_field + 8 * 4
     image = tf.constant(np.random.default_rng(0).uniform(size=(1, size, size, 1)), tf.float32)

@@ -6,13 +6,76 @@ import keras
 from keras import ops
 
 
+def instance_normalize(x, gamma, beta, epsilon: float):
+    """Normalizes float32 `x` (B, H, W, C) per image and channel over H, W; then gamma, beta.
+
+    Forward and backward are written out by hand (`ops.custom_gradient`) so
+    that each touches every activation in as few whole-tensor passes as
+    possible: automatic differentiation of mean, variance and the affine map
+    produces about twice as many, and on CPU this layer is memory-bound.
+    Per image and channel, with mean m, inverse deviation r = 1/sqrt(var + eps),
+    a = gamma * r, n = H * W, sums over H and W, and dy the upstream gradient:
+
+        y      = a * x + (beta - a * m)
+        g      = sum(dy * xhat) = (sum(dy * x) - m * sum(dy)) * r
+        dx     = a * dy + k * x + c,  k = -a * r * g / n,  c = -a * sum(dy) / n - k * m
+        dgamma = g,  dbeta = sum(dy)   (each also summed over the batch)
+
+    so the backward pass needs the input x, never the normalized xhat.
+    """
+
+    @ops.custom_gradient
+    def normalize(x, gamma, beta):
+        mean = ops.mean(x, axis=(1, 2), keepdims=True)
+        mean_of_squares = ops.mean(ops.square(x), axis=(1, 2), keepdims=True)
+        variance = ops.maximum(mean_of_squares - ops.square(mean), 0.0)
+        inv_std = ops.rsqrt(variance + epsilon)
+        scale = inv_std * gamma
+        y = x * scale + (beta - mean * scale)
+
+        def grad(*args, upstream=None):
+            dy = args[0] if upstream is None else upstream
+            sum_dy = ops.sum(dy, axis=(1, 2), keepdims=True)
+            sum_dy_x = ops.sum(dy * x, axis=(1, 2), keepdims=True)
+            sum_dy_xhat = (sum_dy_x - mean * sum_dy) * inv_std
+            count = ops.cast(ops.shape(x)[1] * ops.shape(x)[2], x.dtype)
+            k = -scale * inv_std * sum_dy_xhat / count
+            c = -scale * sum_dy / count - k * mean
+            dx = dy * scale + (x * k + c)
+            dgamma = ops.sum(sum_dy_xhat, axis=(0, 1, 2))
+            dbeta = ops.sum(sum_dy, axis=(0, 1, 2))
+            return dx, dgamma, dbeta
+
+        return y, grad
+
+    return normalize(x, gamma, beta)
+
+
+# Maps of at least this many values per image (H·W·C) use TensorFlow's fused
+# kernel (see `needles_tf.kernels.tf_instance_norm`); on smaller ones the
+# per-image kernel calls cost more than they save (benchmarks/train_throughput.py).
+FUSED_KERNEL_MIN_VALUES = 2**16
+
+
+def _fused_kernel_applies(x) -> bool:
+    """TensorFlow backend, static shape (a fixed batch size) and a large map."""
+    _, height, width, channels = x.shape
+    return (
+        keras.backend.backend() == "tensorflow"
+        and None not in x.shape
+        and height * width * channels >= FUSED_KERNEL_MIN_VALUES
+    )
+
+
 @keras.saving.register_keras_serializable(package="needles_tf")
 class InstanceNormalization(keras.layers.Layer):
     """Normalizes each channel of each image over H and W, then scales and shifts.
 
-    Statistics are computed in float32 even under a bf16 policy. Built on
-    `ops.batch_normalization` (one fused scale-and-shift): about 15% faster
-    training than normalizing by hand (benchmarks/train_throughput.py).
+    Statistics are computed in float32 even under a bf16 policy. Under the
+    TensorFlow backend, large maps with a static batch size (training batches
+    with `drop_remainder=True`) go through TensorFlow's fused batch-norm kernel
+    one image at a time; everything else through the portable
+    `instance_normalize`. Both compute the same function.
     """
 
     def __init__(self, epsilon: float = 1e-5, **kwargs):
@@ -25,16 +88,20 @@ class InstanceNormalization(keras.layers.Layer):
         self.beta = self.add_weight(name="beta", shape=(channels,), initializer="zeros")
 
     def call(self, inputs):
-        x = ops.cast(inputs, "float32")
-        mean, variance = ops.moments(x, axes=(1, 2), keepdims=True)
-        y = ops.batch_normalization(
-            x,
-            mean,
-            variance,
-            axis=-1,
-            offset=ops.cast(self.beta, "float32"),
-            scale=ops.cast(self.gamma, "float32"),
-            epsilon=self.epsilon,
+        if _fused_kernel_applies(inputs):
+            from needles_tf.kernels.tf_instance_norm import per_image_fused_instance_norm
+
+            return per_image_fused_instance_norm(
+                inputs,
+                ops.cast(self.gamma, "float32"),
+                ops.cast(self.beta, "float32"),
+                self.epsilon,
+            )
+        y = instance_normalize(
+            ops.cast(inputs, "float32"),
+            ops.cast(self.gamma, "float32"),
+            ops.cast(self.beta, "float32"),
+            self.epsilon,
         )
         return ops.cast(y, self.compute_dtype)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import keras
 
+from needles_tf.layers.cropping import CropBorder
 from needles_tf.layers.normalization import InstanceNormalization
 
 STAGE_PLANES = (64, 128, 256, 512)
@@ -102,7 +103,7 @@ def _bottleneck(layers: _Layers, x, *, planes, middle, kernel, stride, name):
     y = layers.norm(f"{name}_norm3")(layers.conv(out, 1, name=f"{name}_conv3")(y))
     shortcut = x
     if kernel > 1:
-        shortcut = keras.layers.Cropping2D(kernel // 2, dtype=layers.dtype)(shortcut)
+        shortcut = CropBorder(kernel // 2, dtype=layers.dtype)(shortcut)
     if stride != 1 or x.shape[-1] != out:
         shortcut = layers.conv(out, 1, stride, name=f"{name}_shortcut")(shortcut)
         shortcut = layers.norm(f"{name}_shortcut_norm")(shortcut)
