@@ -1,0 +1,75 @@
+"""Trains a tiny BagNet a few steps under a tf.distribute strategy; saves all replica weights.
+
+Run as a subprocess by test_distribute.py (device setup must precede TF's):
+    python tests/distributed_worker.py --strategy=mirrored --logical_cpus=2 --out=W.npz
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from needles_tf import distribute
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--strategy", required=True)
+    parser.add_argument("--logical_cpus", type=int, default=1)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    if args.logical_cpus > 1:
+        distribute.split_logical_cpus(args.logical_cpus)
+
+    import keras
+    import ml_collections
+    import tensorflow as tf
+
+    from needles_tf.models.factory import build_model
+
+    strategy = distribute.make_strategy(args.strategy)
+    global_batch = 8
+    with strategy.scope():
+        config = ml_collections.ConfigDict(
+            dict(
+                extractor="bagnet",
+                receptive_field=9,
+                width=0.0625,
+                input_channels=1,
+                head="embedding",
+                pooling="max",
+                pooling_kwargs={},
+                num_classes=1,
+                dtype_policy="float32",
+            )
+        )
+        keras.utils.set_random_seed(0)
+        model = build_model(config)
+        model.compile(
+            optimizer=keras.optimizers.RMSprop(1e-3),
+            loss={"logits": keras.losses.BinaryCrossentropy(from_logits=True)},
+        )
+    initial = [np.array(w) for w in model.get_weights()]
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (32, 24, 24, 1)).astype(np.uint8)
+    labels = rng.integers(0, 2, (32, 1)).astype(np.float32)
+    data = tf.data.Dataset.from_tensor_slices((images, {"logits": labels}))
+    distribute.replica_batch_size(strategy, global_batch)  # the global batch splits evenly
+    data = data.batch(global_batch, drop_remainder=True)
+    model.fit(data, epochs=1, verbose=0)
+    replicas = {}
+    for i, variable in enumerate(model.weights):
+        values = getattr(variable.value, "values", (variable.value,))
+        for r, value in enumerate(values):
+            replicas[f"replica{r}/{i}"] = value.numpy()
+    np.savez(
+        args.out,
+        replicas=strategy.num_replicas_in_sync,
+        **replicas,
+        **{f"initial/{i}": w for i, w in enumerate(initial)},
+    )
+
+
+if __name__ == "__main__":
+    main()
