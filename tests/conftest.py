@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pathlib
+import socket
 from collections.abc import Mapping
 from unittest import mock
 
@@ -50,3 +51,14 @@ def nmnist_64(tmp_path_factory) -> tfds.core.DatasetBuilder:
 def nmnist_128_parallel(tmp_path_factory) -> tfds.core.DatasetBuilder:
     """canvas_128 built from dummy_data/ with two worker processes."""
     return build_nmnist("canvas_128", tmp_path_factory.mktemp("tfds"), num_workers=2)
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports on localhost that were free a moment ago (for TF_CONFIG clusters in tests)."""
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("localhost", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports

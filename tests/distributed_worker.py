@@ -57,6 +57,7 @@ def main() -> None:
     data = tf.data.Dataset.from_tensor_slices((images, {"logits": labels}))
     distribute.replica_batch_size(strategy, global_batch)  # the global batch splits evenly
     data = data.batch(global_batch, drop_remainder=True)
+    distribute.build_for_fit(model, data, strategy)
     model.fit(data, epochs=1, verbose=0)
     replicas = {}
     for i, variable in enumerate(model.weights):

@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import socket
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import free_ports
 
 from needles_tf import distribute
 
@@ -30,7 +30,8 @@ def test_unknown_strategy_names_the_flag_and_choices():
 
 def test_auto_is_one_device_on_a_single_cpu(monkeypatch):
     monkeypatch.delenv("TF_CONFIG", raising=False)
-    assert isinstance(distribute.make_strategy("auto"), tf.distribute.OneDeviceStrategy)
+    strategy = distribute.make_strategy("auto")
+    assert strategy is tf.distribute.get_strategy() and strategy.num_replicas_in_sync == 1
 
 
 def test_tf_config_workers_and_malformed_tf_config(monkeypatch):
@@ -69,28 +70,21 @@ def run_workers(commands, envs):
         assert process.returncode == 0, output[-3000:]
 
 
-def assert_trained_and_identical(weight_sets):
+def saved_weights(path: pathlib.Path, prefix: str) -> list[np.ndarray]:
+    """Weights saved by the worker under `prefix` ("initial" or "replicaN"), in model order."""
+    saved = np.load(path)
+    count = sum(name.startswith("initial/") for name in saved.files)
+    return [saved[f"{prefix}/{i}"] for i in range(count)]
+
+
+def assert_trained_and_identical(weight_sets, initial):
     """Every weight set equals the first, and training moved the weights."""
     reference = weight_sets[0]
-    assert any(
-        not np.array_equal(reference[i], initial) for i, initial in enumerate(weight_sets[-1])
-    )
-    for other in weight_sets[1:-1]:
+    assert any(not np.array_equal(w, w0) for w, w0 in zip(reference, initial, strict=True))
+    for other in weight_sets[1:]:
         assert len(other) == len(reference)
         for a, b in zip(reference, other, strict=True):
             np.testing.assert_array_equal(a, b)
-
-
-def load_weights(path: pathlib.Path, replica: int) -> list[np.ndarray]:
-    saved = np.load(path)
-    count = sum(name.startswith("initial/") for name in saved.files)
-    return [saved[f"replica{replica}/{i}"] for i in range(count)]
-
-
-def load_initial(path: pathlib.Path) -> list[np.ndarray]:
-    saved = np.load(path)
-    count = sum(name.startswith("initial/") for name in saved.files)
-    return [saved[f"initial/{i}"] for i in range(count)]
 
 
 def test_mirrored_over_two_logical_cpus_keeps_replicas_identical(tmp_path):
@@ -99,24 +93,12 @@ def test_mirrored_over_two_logical_cpus_keeps_replicas_identical(tmp_path):
     env.pop("TF_CONFIG", None)
     run_workers([["--strategy=mirrored", "--logical_cpus=2", f"--out={out}"]], [env])
     assert int(np.load(out)["replicas"]) == 2
-    assert_trained_and_identical([load_weights(out, 0), load_weights(out, 1), load_initial(out)])
+    assert_trained_and_identical(
+        [saved_weights(out, "replica0"), saved_weights(out, "replica1")],
+        saved_weights(out, "initial"),
+    )
 
 
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("localhost", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="keras-team/keras#20585: Keras 3 fit() under MultiWorkerMirroredStrategy reduces "
-    "the first (nested) batch with strategy.reduce, which fails; the trainer needs a workaround",
-)
 def test_multi_worker_on_localhost_ends_with_identical_weights(tmp_path):
     workers = [f"localhost:{port}" for port in free_ports(2)]
     commands, envs, outs = [], [], []
@@ -129,5 +111,6 @@ def test_multi_worker_on_localhost_ends_with_identical_weights(tmp_path):
     run_workers(commands, envs)
     assert all(int(np.load(out)["replicas"]) == 2 for out in outs)
     assert_trained_and_identical(
-        [load_weights(outs[0], 0), load_weights(outs[1], 0), load_initial(outs[0])]
+        [saved_weights(outs[0], "replica0"), saved_weights(outs[1], "replica0")],
+        saved_weights(outs[0], "initial"),
     )

@@ -78,32 +78,30 @@ class InstanceNormalization(keras.layers.Layer):
     `instance_normalize`. Both compute the same function.
     """
 
-    def __init__(self, epsilon: float = 1e-5, **kwargs):
+    def __init__(self, epsilon: float = 1e-5, gamma_initializer="ones", **kwargs):
         super().__init__(**kwargs)
         self.epsilon = float(epsilon)
+        self.gamma_initializer = keras.initializers.get(gamma_initializer)
 
     def build(self, input_shape):
         channels = input_shape[-1]
-        self.gamma = self.add_weight(name="gamma", shape=(channels,), initializer="ones")
+        self.gamma = self.add_weight(
+            name="gamma", shape=(channels,), initializer=self.gamma_initializer
+        )
         self.beta = self.add_weight(name="beta", shape=(channels,), initializer="zeros")
 
     def call(self, inputs):
+        gamma, beta = ops.cast(self.gamma, "float32"), ops.cast(self.beta, "float32")
         if _fused_kernel_applies(inputs):
             from needles_tf.kernels.tf_instance_norm import per_image_fused_instance_norm
 
-            return per_image_fused_instance_norm(
-                inputs,
-                ops.cast(self.gamma, "float32"),
-                ops.cast(self.beta, "float32"),
-                self.epsilon,
-            )
-        y = instance_normalize(
-            ops.cast(inputs, "float32"),
-            ops.cast(self.gamma, "float32"),
-            ops.cast(self.beta, "float32"),
-            self.epsilon,
-        )
+            return per_image_fused_instance_norm(inputs, gamma, beta, self.epsilon)
+        y = instance_normalize(ops.cast(inputs, "float32"), gamma, beta, self.epsilon)
         return ops.cast(y, self.compute_dtype)
 
     def get_config(self):
-        return {**super().get_config(), "epsilon": self.epsilon}
+        return {
+            **super().get_config(),
+            "epsilon": self.epsilon,
+            "gamma_initializer": keras.initializers.serialize(self.gamma_initializer),
+        }

@@ -24,6 +24,11 @@ EXPANSION = 4
 WIDEN_1X1 = 2.5
 # Receptive field -> how many leading blocks of each stage use a 3x3 convolution.
 THREE_BY_THREE_BLOCKS = {9: (1, 1, 0, 0), 33: (1, 1, 1, 1), 177: (3, 4, 6, 3)}
+# Paper 000 uses instance normalization (batches are small); batch normalization is BagNet's own.
+NORMALIZATIONS = {
+    "instance": InstanceNormalization,
+    "batch": lambda **kwargs: keras.layers.BatchNormalization(epsilon=1e-5, **kwargs),
+}
 
 
 def build_bagnet(
@@ -32,6 +37,8 @@ def build_bagnet(
     width: float = 1.0,
     dtype: str | None = None,
     name: str = "bagnet",
+    normalization: str = "instance",
+    zero_init_residual: bool = False,
 ) -> keras.Model:
     """(B, H, W, input_channels) float -> (B, h, w, 2048·width) embedding, h ≈ (H - RF)/8 + 1."""
     if receptive_field not in THREE_BY_THREE_BLOCKS:
@@ -40,7 +47,11 @@ def build_bagnet(
         )
     if width <= 0:
         raise ValueError(f"width={width}: expected a positive capacity scale s.")
-    layers = _Layers(dtype)
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(
+            f"normalization={normalization!r}: expected one of {sorted(NORMALIZATIONS)}."
+        )
+    layers = _Layers(dtype, normalization, zero_init_residual)
     inputs = keras.Input((None, None, input_channels), name="image")
     stem = int(64 * width)
     x = layers.conv(stem, 1, name="stem_conv1x1")(inputs)
@@ -72,8 +83,10 @@ def build_bagnet(
 class _Layers:
     """Layer constructors sharing one dtype policy."""
 
-    def __init__(self, dtype: str | None):
+    def __init__(self, dtype: str | None, normalization: str, zero_init_residual: bool):
         self.dtype = dtype
+        self.normalization = normalization
+        self.zero_init_residual = zero_init_residual
 
     def conv(self, filters: int, kernel: int, stride: int = 1, name: str | None = None):
         return keras.layers.Conv2D(
@@ -87,8 +100,12 @@ class _Layers:
             name=name,
         )
 
-    def norm(self, name: str | None = None):
-        return InstanceNormalization(dtype=self.dtype, name=name)
+    def norm(self, name: str | None = None, residual: bool = False):
+        """Normalization; `residual` marks a block's last one, zero-initialized on request."""
+        gamma = "zeros" if residual and self.zero_init_residual else "ones"
+        return NORMALIZATIONS[self.normalization](
+            dtype=self.dtype, name=name, gamma_initializer=gamma
+        )
 
     def relu(self, x):
         return keras.layers.ReLU(dtype=self.dtype)(x)
@@ -100,7 +117,7 @@ def _bottleneck(layers: _Layers, x, *, planes, middle, kernel, stride, name):
     y = layers.relu(layers.norm(f"{name}_norm1")(layers.conv(planes, 1, name=f"{name}_conv1")(x)))
     y = layers.conv(middle, kernel, stride, name=f"{name}_conv2")(y)
     y = layers.relu(layers.norm(f"{name}_norm2")(y))
-    y = layers.norm(f"{name}_norm3")(layers.conv(out, 1, name=f"{name}_conv3")(y))
+    y = layers.norm(f"{name}_norm3", residual=True)(layers.conv(out, 1, name=f"{name}_conv3")(y))
     shortcut = x
     if kernel > 1:
         shortcut = CropBorder(kernel // 2, dtype=layers.dtype)(shortcut)

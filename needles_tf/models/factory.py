@@ -4,13 +4,16 @@
   extractor: name in EXTRACTORS ("bagnet"; the multi-resolution extractor of
     paper 004 registers here too),
   receptive_field, width: the BagNet receptive field (9, 33, 177) and capacity s,
+  normalization, zero_init_residual: "instance" (paper 000) or "batch", and
+    whether each residual block's last normalization starts at gamma = 0,
   input_channels: 1 or 3, the channels the extractor sees,
   head: "embedding" or "instance" (needles_tf.models.heads),
   pooling, pooling_kwargs: a name in needles_tf.layers.pooling.POOLINGS and its
     arguments (e.g. {"r0": 5.0} for "lse_lba"),
   num_classes: K sigmoid outputs (1 for a binary task),
   dtype_policy: Keras dtype policy of the extractor, e.g. "float32" or
-    "mixed_bfloat16" (heads and pooling always compute in float32).
+    "mixed_bfloat16" (heads and pooling always compute in float32); "auto"
+    takes bf16 only where the hardware has bf16 units (models/precision.py).
 """
 
 from __future__ import annotations
@@ -22,12 +25,28 @@ from keras import ops
 
 from needles_tf.models.bagnet import build_bagnet
 from needles_tf.models.heads import HEADS
+from needles_tf.models.precision import resolve_dtype_policy
 
 EXTRACTORS: dict[str, Callable[..., keras.Model]] = {
     "bagnet": lambda config, dtype: build_bagnet(
-        config.input_channels, config.receptive_field, config.width, dtype=dtype
+        config.input_channels,
+        config.receptive_field,
+        config.width,
+        dtype=dtype,
+        normalization=config.get("normalization", "instance"),
+        zero_init_residual=config.get("zero_init_residual", False),
     ),
 }
+
+# Extractor -> (receptive field, output stride) of one saliency grid cell, for upsampling.
+GEOMETRY: dict[str, Callable[..., tuple[int, int]]] = {
+    "bagnet": lambda config: (int(config.receptive_field), 8),
+}
+
+
+def saliency_geometry(config) -> tuple[int, int]:
+    """(receptive field, stride) in input pixels of the saliency grid of `config`'s model."""
+    return GEOMETRY[config.extractor](config)
 
 
 @keras.saving.register_keras_serializable(package="needles_tf")
@@ -65,7 +84,7 @@ def build_model(config) -> keras.Model:
         raise ValueError(f"head={config.head!r}: expected one of {sorted(HEADS)}.")
     if config.num_classes < 1:
         raise ValueError(f"num_classes={config.num_classes}: expected at least 1.")
-    dtype = config.get("dtype_policy", None) or None
+    dtype = resolve_dtype_policy(config.get("dtype_policy", None))
     images = keras.Input((None, None, None), name="image")
     x = ImagePreprocessing(config.input_channels, dtype=dtype, name="preprocessing")(images)
     embedding = EXTRACTORS[config.extractor](config, dtype)(x)

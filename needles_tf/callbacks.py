@@ -1,0 +1,162 @@
+"""Keras callbacks of a training run: crash-safe run state, NaN stop, saliency overlays."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import pathlib
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from needles_tf.checkpointing import CheckpointManager, atomic_save_weights, atomic_write_text
+from needles_tf.localization.upsample import saliency_to_input
+from needles_tf.plots import saliency_overlay
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+def new_run_state() -> dict[str, Any]:
+    return {
+        "epoch": 0,  # completed epochs
+        "global_step": 0,  # completed steps (global batches)
+        "best": None,  # best value of the monitored metric
+        "best_epoch": None,
+        "best_weights": None,  # file name in the model directory
+        "history": [],  # one dict per completed epoch
+    }
+
+
+class RunState(keras.callbacks.Callback):
+    """Checkpoints every epoch (and every `every_steps` steps), keeps the best weights, logs.
+
+    `state` is the dict that `new_run_state` makes or a checkpoint restored; it
+    is updated in place. `inference_model` shares the trained weights and is
+    what `best-*.weights.h5` holds (no optimizer). Only the chief writes files.
+    """
+
+    def __init__(
+        self,
+        state: dict[str, Any],
+        manager: CheckpointManager,
+        model_dir: pathlib.Path,
+        inference_model: keras.Model,
+        steps_per_epoch: int,
+        every_steps: int = 0,
+        monitor: str = "val_accuracy",
+        is_chief: bool = True,
+    ):
+        super().__init__()
+        self.state = state
+        self.manager = manager
+        self.model_dir = pathlib.Path(model_dir)
+        self.inference_model = inference_model
+        self.steps_per_epoch = steps_per_epoch
+        self.every_steps = every_steps
+        self.monitor = monitor
+        self.is_chief = is_chief
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.learning_rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            raise NonFiniteLossError(
+                f"The training loss became {float(loss)} at epoch {self.state['epoch'] + 1}, "
+                f"step {self.state['global_step'] + 1}. The last checkpoint in "
+                f"{self.manager.directory} is intact; lower --config.learning_rate or use "
+                "--precision=float32 and rerun to resume from it."
+            )
+        self.state["global_step"] += 1
+        if self.every_steps and self.state["global_step"] % self.every_steps == 0:
+            self._save()
+
+    def on_epoch_end(self, epoch, logs=None):
+        row = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}}
+        row["learning_rate"] = self.learning_rate  # the epoch's rate (read at its start)
+        if self.monitor not in row:
+            raise KeyError(f"{self.monitor!r} is not among the epoch's metrics {sorted(row)}.")
+        self.state["history"].append(row)
+        self.state["epoch"] = epoch + 1
+        previous = self.state["best_weights"]
+        if self.state["best"] is None or row[self.monitor] > self.state["best"]:
+            self.state.update(
+                best=row[self.monitor],
+                best_epoch=epoch + 1,
+                best_weights=f"best-epoch{epoch + 1:04d}.weights.h5",
+            )
+            if self.is_chief:
+                atomic_save_weights(
+                    self.inference_model, self.model_dir / self.state["best_weights"]
+                )
+        self._save()
+        if self.is_chief:
+            atomic_write_text(self.model_dir / "history.csv", history_csv(self.state["history"]))
+            if previous and previous != self.state["best_weights"]:
+                (self.model_dir / previous).unlink(missing_ok=True)
+
+    def _save(self):
+        if self.is_chief:
+            self.manager.save(self.model, self.state)
+
+
+def history_csv(history: list[dict[str, Any]]) -> str:
+    columns = list(dict.fromkeys(key for row in history for key in row))
+    text = io.StringIO()
+    writer = csv.DictWriter(text, columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    return text.getvalue()
+
+
+class SaliencyOverlays(keras.callbacks.Callback):
+    """Each epoch, a fixed validation batch with its upsampled saliency, to TensorBoard."""
+
+    def __init__(
+        self,
+        inference_model: keras.Model,
+        images: np.ndarray,
+        boxes: np.ndarray | None,
+        labels: np.ndarray,
+        geometry: tuple[int, int],
+        log_dir: pathlib.Path,
+    ):
+        super().__init__()
+        self.inference_model = inference_model
+        self.images, self.boxes, self.labels = images, boxes, labels
+        self.geometry = geometry
+        self.writer = tf.summary.create_file_writer(str(pathlib.Path(log_dir) / "saliency"))
+
+    def on_epoch_end(self, epoch, logs=None):
+        outputs = self.inference_model.predict_on_batch(self.images)
+        height, width = self.images.shape[1:3]
+        maps = keras.ops.convert_to_numpy(
+            saliency_to_input(outputs["saliency"], height, width, *self.geometry)
+        )
+        overlays = np.stack(
+            [
+                saliency_overlay(
+                    image, maps[i, ..., 0], None if self.boxes is None else self.boxes[i]
+                )
+                for i, image in enumerate(self.images)
+            ]
+        )
+        probabilities = np.asarray(outputs["probability"])[:, 0]
+        caption = ", ".join(
+            f"y={int(y)} p={p:.2f}" for y, p in zip(self.labels[:, 0], probabilities, strict=True)
+        )
+        with self.writer.as_default():
+            tf.summary.image(
+                "validation_saliency",
+                overlays,
+                step=epoch + 1,
+                max_outputs=len(overlays),
+                description=f"Image, saliency (inferno), needle box (green). {caption}",
+            )
+        self.writer.flush()

@@ -1,0 +1,106 @@
+"""Crash-safe training checkpoints: weights, optimizer state and run state, written atomically.
+
+A checkpoint is a directory `ckpt-<global step>` holding `model.weights.h5`
+(the model's and the optimizer's variables, as `Model.save_weights` writes
+them) and `state.json` (epoch, step, best metric, history). It is written
+under a temporary name and renamed into place, so every `ckpt-*` directory is
+complete; a crash leaves at most a `.tmp-*` directory, removed at the next start.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import re
+import shutil
+import tempfile
+from typing import Any
+
+import keras
+
+_CHECKPOINT = re.compile(r"^ckpt-(\d+)$")
+WEIGHTS = "model.weights.h5"
+STATE = "state.json"
+
+
+def atomic_write_text(path: pathlib.Path, text: str) -> None:
+    """Writes `text` to `path` through a temporary file in the same directory and a rename."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(
+        "w", dir=path.parent, prefix=f".tmp-{path.name}-", delete=False
+    ) as file:
+        file.write(text)
+        file.flush()
+        os.fsync(file.fileno())
+    usual_permissions(pathlib.Path(file.name))
+    os.replace(file.name, path)
+
+
+def usual_permissions(path: pathlib.Path) -> None:
+    """The mode open()/mkdir() would have given `path`, not tempfile's private 0600/0700."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
+
+
+def atomic_save_weights(model: keras.Model, path: pathlib.Path) -> None:
+    """`model.save_weights(path)`, through a temporary file and a rename."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    model.save_weights(temporary)
+    os.replace(temporary, path)
+
+
+class CheckpointManager:
+    """Saves and restores training checkpoints in `directory`, keeping the newest `keep`."""
+
+    def __init__(self, directory: str | os.PathLike, keep: int = 2):
+        self.directory = pathlib.Path(directory)
+        self.keep = keep
+        self.directory.mkdir(parents=True, exist_ok=True)
+        for leftover in self.directory.glob(".tmp-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+    def checkpoints(self) -> list[pathlib.Path]:
+        """Complete checkpoints, oldest first."""
+        found = [
+            (int(match.group(1)), path)
+            for path in self.directory.iterdir()
+            if (match := _CHECKPOINT.match(path.name)) and path.is_dir()
+        ]
+        return [path for _, path in sorted(found)]
+
+    def latest(self) -> pathlib.Path | None:
+        checkpoints = self.checkpoints()
+        return checkpoints[-1] if checkpoints else None
+
+    def save(self, model: keras.Model, state: dict[str, Any]) -> pathlib.Path:
+        """Writes checkpoint `ckpt-<state["global_step"]>` and prunes old ones."""
+        final = self.directory / f"ckpt-{int(state['global_step'])}"
+        temporary = pathlib.Path(tempfile.mkdtemp(prefix=".tmp-ckpt-", dir=self.directory))
+        usual_permissions(temporary)
+        model.save_weights(temporary / WEIGHTS)
+        atomic_write_text(temporary / STATE, json.dumps(state, indent=1))
+        if final.exists():  # the same step saved again (e.g. step and epoch end coincide)
+            shutil.rmtree(final)
+        os.rename(temporary, final)
+        for old in self.checkpoints()[: -self.keep]:
+            shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def restore(self, model: keras.Model, checkpoint: pathlib.Path) -> dict[str, Any]:
+        """Loads weights and optimizer state into `model`; returns the saved run state."""
+        if model.optimizer is not None and not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+        try:
+            state = json.loads((checkpoint / STATE).read_text())
+            model.load_weights(checkpoint / WEIGHTS)
+        except (OSError, ValueError, KeyError) as error:
+            raise RuntimeError(
+                f"Checkpoint {checkpoint} cannot be restored ({error}). Delete it to resume "
+                "from the one before, or use a new --model_dir."
+            ) from error
+        return state

@@ -1,0 +1,121 @@
+"""Built TFDS splits -> batched (image, label) tf.data pipelines for training and evaluation."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from needles_tf.data.subsets import load
+
+CACHE_BYTES = 2 * 2**30  # decoded splits up to this size are kept in memory after one pass
+SHUFFLE_BUFFER = 16_384  # examples; whole canvas_64 / canvas_256 training splits fit
+
+
+@dataclasses.dataclass(frozen=True)
+class Splits:
+    """The three splits of a training run; `steps_per_epoch` counts global batches."""
+
+    train: tf.data.Dataset  # infinite: repeated, reshuffled each pass
+    validation: tf.data.Dataset
+    test: tf.data.Dataset
+    steps_per_epoch: int
+    num_classes: int
+
+
+def ensure_built(
+    name: str, data_dir: str | None, manual_dir: str | None
+) -> tfds.core.DatasetBuilder:
+    """The TFDS builder of `name`, building the dataset first if it is not there yet."""
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError as error:
+        raise ValueError(f"--dataset={name!r}: no such TFDS dataset ({error}).") from error
+    if not builder.is_prepared():
+        print(f"{name} is not built in {builder.data_dir}; building it with TFDS now.", flush=True)
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(manual_dir=manual_dir)
+        )
+    return builder
+
+
+def to_example(example: dict, num_classes: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """(image uint8 (H, W, C), label float32 (K,)); a scalar class label becomes (1,)."""
+    label = tf.cast(example["label"], tf.float32)
+    label = tf.reshape(label, [num_classes])
+    return example["image"], label
+
+
+def training_stream(
+    name: str,
+    size: int | None,
+    positive_fraction: float,
+    oversample_minority: bool,
+    batch_size: int,
+    seed: int,
+    data_dir: str | None,
+    num_classes: int,
+) -> tuple[tf.data.Dataset, int]:
+    """An endless, deterministic stream of training batches and the batches per epoch.
+
+    Each pass over the split is shuffled anew from `seed`, so the k-th batch is
+    the same in every run: resuming at global step k is `stream.skip(k)`.
+    """
+    data = load(
+        name,
+        "train",
+        size=size,
+        positive_fraction=positive_fraction,
+        oversample_minority=oversample_minority,
+        seed=seed,
+        data_dir=data_dir,
+    )
+    examples = int(data.cardinality())
+    if examples < batch_size:
+        raise ValueError(
+            f"--batch_size={batch_size}: the training split of {name} holds only "
+            f"{examples} examples."
+        )
+    data = data.map(lambda ex: to_example(ex, num_classes), num_parallel_calls=tf.data.AUTOTUNE)
+    if _decoded_bytes(data, examples) <= CACHE_BYTES:
+        data = data.cache()
+    buffer = min(examples, SHUFFLE_BUFFER)
+    data = data.shuffle(buffer, seed=seed, reshuffle_each_iteration=True).repeat()
+    data = data.batch(batch_size, drop_remainder=True)
+    return _shard_by_data(data.prefetch(tf.data.AUTOTUNE)), examples // batch_size
+
+
+def evaluation_batches(
+    name: str, split: str, batch_size: int, data_dir: str | None, num_classes: int
+) -> tf.data.Dataset:
+    """One ordered pass over `split`, cached after the first."""
+    data = load(name, split, data_dir=data_dir)
+    data = data.map(lambda ex: to_example(ex, num_classes), num_parallel_calls=tf.data.AUTOTUNE)
+    if _decoded_bytes(data, int(data.cardinality())) <= CACHE_BYTES:
+        data = data.cache()
+    return _shard_by_data(data.batch(batch_size).prefetch(tf.data.AUTOTUNE))
+
+
+def _shard_by_data(data: tf.data.Dataset) -> tf.data.Dataset:
+    """Multi-worker runs split batches, not files: a split may have fewer files than workers."""
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return data.with_options(options)
+
+
+def _decoded_bytes(data: tf.data.Dataset, examples: int) -> float:
+    """Memory the decoded images of `data` take; infinite when their size is not static."""
+    shape = data.element_spec[0].shape
+    if not shape.is_fully_defined() or examples < 0:
+        return float("inf")
+    return float(examples * shape.num_elements())
+
+
+def class_count(builder: tfds.core.DatasetBuilder) -> int:
+    """K sigmoid outputs: 1 for a two-class label, the class count for a multi-hot label."""
+    feature = builder.info.features["label"]
+    classes = feature.num_classes if hasattr(feature, "num_classes") else None
+    if classes is None:  # multi-hot tensor or sequence of class labels
+        classes = int(feature.shape[-1])
+    return 1 if classes == 2 else int(classes)

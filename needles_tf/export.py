@@ -1,0 +1,171 @@
+r"""Export a trained model for serving: `DIR/saved_model/<version>/` and `DIR/model.keras`.
+
+    python -m needles_tf.export --model_dir=DIR [--version=1]
+
+Signatures of the SavedModel (TF Serving's version-number layout):
+  serving_default(image: uint8 [batch, height, width, channels])
+  serving_encoded(image_bytes: string [batch], PNG or JPEG files of one size)
+both returning
+  probability    float32 [batch, K]
+  saliency       float32 [batch, height, width, K], in [0, 1], at the input's size
+  saliency_grid  float32 [batch, h, w, K], the model's native map, raw scale.
+The SavedModel is plain TensorFlow: it loads without needles_tf. Both
+artefacts are written under temporary names and renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import tempfile
+
+import keras
+import ml_collections
+import tensorflow as tf
+from absl import app, flags
+from keras import ops
+
+from needles_tf.checkpointing import usual_permissions
+from needles_tf.localization.upsample import saliency_to_input
+from needles_tf.models.factory import build_model, saliency_geometry
+
+SAVED_MODEL = "saved_model"
+KERAS_FILE = "model.keras"
+
+
+def unit_saliency(outputs: dict, head: str):
+    """The saliency grid mapped to [0, 1]: instance probabilities as they are, attention
+    weights divided by their maximum per image, class activation maps through a sigmoid."""
+    grid = ops.cast(outputs["saliency"], "float32")
+    if head == "instance":
+        return grid
+    if "attention" in outputs:
+        return grid / ops.maximum(ops.max(grid, axis=(1, 2), keepdims=True), 1e-12)
+    return ops.sigmoid(grid)
+
+
+def serving_module(
+    model: keras.Model, config: ml_collections.ConfigDict
+) -> keras.export.ExportArchive:
+    """An ExportArchive tracking `model` with the two serving signatures."""
+    channels = int(config.model.input_channels)
+    receptive_field, stride = saliency_geometry(config.model)
+    head = config.model.head
+
+    def outputs_for(images):
+        outputs = model(images, training=False)
+        height, width = tf.shape(images)[1], tf.shape(images)[2]
+        return {
+            "probability": tf.cast(outputs["probability"], tf.float32),
+            "saliency": saliency_to_input(
+                unit_saliency(outputs, head), height, width, receptive_field, stride
+            ),
+            "saliency_grid": tf.cast(outputs["saliency"], tf.float32),
+        }
+
+    def serve(image):
+        return outputs_for(image)
+
+    def serve_encoded(image_bytes):
+        images = tf.map_fn(
+            lambda data: tf.io.decode_image(data, channels=channels, expand_animations=False),
+            image_bytes,
+            fn_output_signature=tf.TensorSpec([None, None, channels], tf.uint8),
+        )
+        return outputs_for(images)
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        "serving_default",
+        serve,
+        input_signature=[tf.TensorSpec([None, None, None, channels], tf.uint8, name="image")],
+    )
+    archive.add_endpoint(
+        "serving_encoded",
+        serve_encoded,
+        input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")],
+    )
+    return archive
+
+
+def _replace_directory(temporary: pathlib.Path, final: pathlib.Path) -> None:
+    """Moves `temporary` to `final`; an existing `final` is swapped out first, then deleted."""
+    old = None
+    if final.exists():
+        old = final.with_name(f".old-{final.name}-{os.getpid()}")
+        os.rename(final, old)
+    os.rename(temporary, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def export_model(
+    model: keras.Model,
+    config: ml_collections.ConfigDict,
+    model_dir: str | os.PathLike,
+    version: int = 1,
+) -> pathlib.Path:
+    """Writes `model_dir/saved_model/<version>/` and `model_dir/model.keras`; returns the former."""
+    model_dir = pathlib.Path(model_dir)
+    base = model_dir / SAVED_MODEL
+    base.mkdir(parents=True, exist_ok=True)
+    temporary = pathlib.Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=base))
+    usual_permissions(temporary)
+    try:
+        serving_module(model, config).write_out(str(temporary), verbose=False)
+        final = base / str(version)
+        _replace_directory(temporary, final)
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+    keras_file = model_dir / KERAS_FILE
+    temporary_file = model_dir / f".tmp-{os.getpid()}-{KERAS_FILE}"
+    model.save(temporary_file)
+    os.replace(temporary_file, keras_file)
+    return final
+
+
+def is_exported(model_dir: str | os.PathLike, version: int = 1) -> bool:
+    model_dir = pathlib.Path(model_dir)
+    return (model_dir / SAVED_MODEL / str(version) / "saved_model.pb").exists() and (
+        model_dir / KERAS_FILE
+    ).exists()
+
+
+def load_run(model_dir: pathlib.Path) -> tuple[keras.Model, ml_collections.ConfigDict]:
+    """The model of a training run with its best weights, and its config."""
+    config_path = model_dir / "config.json"
+    if not config_path.exists():
+        raise FileNotFoundError(f"--model_dir={model_dir}: no config.json; is it a training run?")
+    config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
+    best = sorted(model_dir.glob("best-epoch*.weights.h5"))
+    if not best:
+        raise FileNotFoundError(
+            f"--model_dir={model_dir}: no best-epochNNNN.weights.h5; train at least one epoch."
+        )
+    model = build_model(config.model)
+    model.load_weights(best[-1])
+    return model, config
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    model_dir = flags.FLAGS.model_dir
+    if not model_dir:
+        raise app.UsageError("--model_dir: expected a training run's directory.")
+    try:
+        model, config = load_run(pathlib.Path(model_dir))
+    except FileNotFoundError as error:
+        raise app.UsageError(str(error)) from error
+    path = export_model(model, config, model_dir, flags.FLAGS.version)
+    print(f"Exported {path} and {pathlib.Path(model_dir) / KERAS_FILE}")
+
+
+if __name__ == "__main__":
+    # Defined here, not at import, so that needles_tf.train can import this module.
+    flags.DEFINE_string("model_dir", None, "A training run's directory.")
+    flags.DEFINE_integer("version", 1, "Version number of the SavedModel directory.")
+    app.run(main)

@@ -1,0 +1,1 @@
+"""Weak localization: saliency maps at input resolution."""

@@ -1,0 +1,44 @@
+"""Pictures: saliency overlays as RGB arrays (TensorBoard, figures)."""
+
+from __future__ import annotations
+
+import matplotlib
+import numpy as np
+
+matplotlib.use("Agg")
+from matplotlib import colormaps
+
+
+def unit_interval(saliency: np.ndarray) -> np.ndarray:
+    """Min-max scales one map to [0, 1] for display (a constant map becomes 0)."""
+    saliency = np.asarray(saliency, np.float32)
+    low, high = float(saliency.min()), float(saliency.max())
+    return (saliency - low) / (high - low) if high > low else np.zeros_like(saliency)
+
+
+def saliency_overlay(
+    image: np.ndarray,
+    saliency: np.ndarray,
+    box: np.ndarray | None = None,
+    alpha: float = 0.5,
+    colormap: str = "inferno",
+) -> np.ndarray:
+    """(H, W, C) uint8 image and (H, W) saliency -> (H, W, 3) uint8 overlay.
+
+    The saliency is min-max scaled, coloured and blended over the grey image;
+    `box` (ymin, xmin, ymax, xmax, relative as TFDS BBoxFeature) is outlined in green.
+    """
+    image = np.asarray(image)
+    grey = image.astype(np.float32).mean(axis=-1, keepdims=True) / 255.0
+    colours = colormaps[colormap](unit_interval(saliency))[..., :3]
+    overlay = (1.0 - alpha) * np.repeat(grey, 3, axis=-1) + alpha * colours
+    overlay = (np.clip(overlay, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+    if box is not None and np.any(np.asarray(box) > 0):
+        height, width = overlay.shape[:2]
+        y0, x0, y1, x1 = np.asarray(box, np.float64) * [height, width, height, width]
+        y0, x0 = int(np.clip(y0, 0, height - 1)), int(np.clip(x0, 0, width - 1))
+        y1, x1 = int(np.clip(y1 - 1, 0, height - 1)), int(np.clip(x1 - 1, 0, width - 1))
+        green = np.array([0, 255, 0], np.uint8)
+        overlay[y0, x0 : x1 + 1] = overlay[y1, x0 : x1 + 1] = green
+        overlay[y0 : y1 + 1, x0] = overlay[y0 : y1 + 1, x1] = green
+    return overlay

@@ -1,0 +1,448 @@
+r"""Train a needles_tf model: config -> strategy -> data, model -> fit -> test -> export.
+
+    python -m needles_tf.train --pooling=lse_lba
+    python -m needles_tf.train --preset=cpu_quick --tfds_manual_dir=PATH_TO_MNIST
+    python -m needles_tf.train --config=configs/nmnist.py --config.model.width=0.25 \
+        --model_dir=runs/width_quarter
+
+The model directory receives `config.json`, `checkpoints/` (resumable: rerun
+the same command after a crash), `best-epochNNNN.weights.h5`, `history.csv`,
+`metrics.json`, `tensorboard/`, and the export (`saved_model/1/`, `model.keras`).
+Protocol (paper 000 §3): validation accuracy chooses the checkpoint whose test
+metrics are reported.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+from typing import Any
+
+import keras
+import ml_collections
+import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from needles_tf import distribute, export
+from needles_tf.callbacks import NonFiniteLossError, RunState, SaliencyOverlays, new_run_state
+from needles_tf.checkpointing import CheckpointManager, atomic_write_text
+from needles_tf.data import pipeline
+from needles_tf.layers.pooling import POOLINGS
+from needles_tf.models.factory import EXTRACTORS, build_model, saliency_geometry
+from needles_tf.models.heads import HEADS
+from needles_tf.models.precision import POLICIES as PRECISIONS
+from needles_tf.models.precision import resolve_dtype_policy
+
+CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
+RECEPTIVE_FIELDS = ("9", "33", "177")
+OPTIMIZERS = {
+    "rmsprop": keras.optimizers.RMSprop,
+    "adam": keras.optimizers.Adam,
+    "adamw": keras.optimizers.AdamW,
+    "sgd": lambda **kwargs: keras.optimizers.SGD(momentum=0.9, **kwargs),
+}
+# Fields a resumed run may change; any other difference from config.json is an error.
+RESUMABLE_CHANGES = ("epochs", "strategy", "checkpoint_every_steps", "overlay_images")
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config",
+    str(CONFIGS / "nmnist.py"),
+    "Experiment config file; override fields with "
+    "--config.FIELD=VALUE, e.g. --config.model.pooling=lse_lba.",
+    lock_config=True,
+)
+_PRESET = flags.DEFINE_string("preset", None, "A preset of the config file, e.g. cpu_quick.")
+_MODEL_DIR = flags.DEFINE_string(
+    "model_dir", None, "Where checkpoints, logs and the export go (default: runs/<run name>)."
+)
+_TFDS_DATA_DIR = flags.DEFINE_string("tfds_data_dir", None, "TFDS data directory.")
+_TFDS_MANUAL_DIR = flags.DEFINE_string(
+    "tfds_manual_dir",
+    None,
+    "TFDS manual directory, for building a dataset from local files "
+    "(e.g. the four MNIST .gz files).",
+)
+# Everyday knobs: each sets the config field of the same name (model fields under model.).
+flags.DEFINE_enum("pooling", None, sorted(POOLINGS), "model.pooling: global pooling.")
+flags.DEFINE_enum("rf", None, RECEPTIVE_FIELDS, "model.receptive_field: BagNet receptive field.")
+flags.DEFINE_float("width", None, "model.width: capacity s (> 0).")
+flags.DEFINE_enum("head", None, sorted(HEADS), "model.head: embedding or instance pooling.")
+flags.DEFINE_enum("extractor", None, sorted(EXTRACTORS), "model.extractor.")
+flags.DEFINE_string("dataset", None, "TFDS name/config, e.g. nmnist/canvas_256.")
+flags.DEFINE_integer("train_size", None, "Distinct training images; 0 = the whole split.")
+flags.DEFINE_float("positive_fraction", None, "Fraction of positives in the training set.")
+flags.DEFINE_integer("epochs", None, "Training epochs.")
+flags.DEFINE_integer("batch_size", None, "Global batch of one step (split across replicas).")
+flags.DEFINE_integer("seed", None, "Random seed of initialization and data order.")
+flags.DEFINE_enum("strategy", None, sorted(distribute.STRATEGIES), "tf.distribute strategy.")
+flags.DEFINE_enum("precision", None, PRECISIONS, "model.dtype_policy: Keras dtype policy.")
+_FLAG_FIELDS = {
+    "pooling": ("model.pooling", str),
+    "rf": ("model.receptive_field", int),
+    "width": ("model.width", float),
+    "head": ("model.head", str),
+    "extractor": ("model.extractor", str),
+    "dataset": ("dataset", str),
+    "train_size": ("train_size", int),
+    "positive_fraction": ("positive_fraction", float),
+    "epochs": ("epochs", int),
+    "batch_size": ("batch_size", int),
+    "seed": ("seed", int),
+    "strategy": ("strategy", str),
+    "precision": ("model.dtype_policy", str),
+}
+
+
+def set_field(config: ml_collections.ConfigDict, path: str, value: Any) -> None:
+    *parents, leaf = path.split(".")
+    for parent in parents:
+        config = config[parent]
+    config[leaf] = value
+
+
+def resolved_config() -> ml_collections.ConfigDict:
+    """Config file, then --preset, then --config.FIELD overrides, then the plain flags."""
+    config = _CONFIG.value
+    with config.unlocked():
+        if _PRESET.value:
+            _config_module_attribute("apply_preset")(config, _PRESET.value)
+            for path, value in config_flags.get_override_values(flags.FLAGS["config"]).items():
+                set_field(config, path, value)
+        for name, (path, cast) in _FLAG_FIELDS.items():
+            if flags.FLAGS[name].value is not None:
+                set_field(config, path, cast(flags.FLAGS[name].value))
+    return config
+
+
+def _config_module_attribute(name: str):
+    """An attribute of the --config file's module (e.g. its apply_preset)."""
+    path = flags.FLAGS["config"].config_filename
+    namespace: dict[str, Any] = {"__name__": "needles_tf_config"}
+    exec(compile(pathlib.Path(path).read_text(), path, "exec"), namespace)
+    if name not in namespace:
+        raise app.UsageError(f"--preset: the config file {path} defines no {name}().")
+    return namespace[name]
+
+
+class ConfigError(ValueError):
+    """A config value or flag that cannot be used; the message names it."""
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError naming the flag (or config field) at fault and what it accepts."""
+    model = config.model
+    checks = [
+        (model.pooling in POOLINGS, "--pooling", model.pooling, f"one of {sorted(POOLINGS)}"),
+        (model.head in HEADS, "--head", model.head, f"one of {sorted(HEADS)}"),
+        (
+            model.dtype_policy in PRECISIONS,
+            "--precision",
+            model.dtype_policy,
+            f"one of {PRECISIONS}",
+        ),
+        (model.width > 0, "--width", model.width, "a positive capacity s"),
+        (
+            config.strategy in distribute.STRATEGIES,
+            "--strategy",
+            config.strategy,
+            f"one of {sorted(distribute.STRATEGIES)}",
+        ),
+        (
+            config.optimizer in OPTIMIZERS,
+            "--config.optimizer",
+            config.optimizer,
+            f"one of {sorted(OPTIMIZERS)}",
+        ),
+        (config.epochs >= 1, "--epochs", config.epochs, "at least 1"),
+        (config.batch_size >= 1, "--batch_size", config.batch_size, "at least 1"),
+        (config.train_size >= 0, "--train_size", config.train_size, "0 (whole split) or more"),
+        (
+            0.0 <= config.positive_fraction <= 1.0,
+            "--positive_fraction",
+            config.positive_fraction,
+            "a fraction in [0, 1]",
+        ),
+        (config.learning_rate > 0, "--config.learning_rate", config.learning_rate, "> 0"),
+        (
+            config.effective_batch_size % config.batch_size == 0,
+            "--config.effective_batch_size",
+            config.effective_batch_size,
+            f"a multiple of --batch_size={config.batch_size}",
+        ),
+        (
+            config.checkpoint_every_steps >= 0,
+            "--config.checkpoint_every_steps",
+            config.checkpoint_every_steps,
+            "0 (per epoch only) or more",
+        ),
+    ]
+    if model.extractor == "bagnet":
+        checks.append(
+            (
+                str(model.receptive_field) in RECEPTIVE_FIELDS,
+                "--rf",
+                model.receptive_field,
+                f"one of {RECEPTIVE_FIELDS}",
+            )
+        )
+    for ok, name, value, expected in checks:
+        if not ok:
+            raise ConfigError(f"{name}={value!r}: expected {expected}.")
+
+
+def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int):
+    """Optimizer with the step schedule of `lr_decay_epochs` and gradient accumulation."""
+    # The rate changes after `epoch` epochs: PiecewiseConstantDecay keeps a value while
+    # step <= boundary, and the optimizer counts steps (batches, not updates) from 0.
+    boundaries = [int(epoch) * steps_per_epoch - 1 for epoch in config.lr_decay_epochs]
+    learning_rate: Any = config.learning_rate
+    if boundaries:
+        values = [
+            config.learning_rate * config.lr_decay_factor**i for i in range(len(boundaries) + 1)
+        ]
+        learning_rate = keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
+    accumulation = config.effective_batch_size // config.batch_size
+    kwargs: dict[str, Any] = {"learning_rate": learning_rate}
+    if accumulation > 1:
+        kwargs["gradient_accumulation_steps"] = accumulation
+    if config.weight_decay:
+        kwargs["weight_decay"] = config.weight_decay
+    optimizer = OPTIMIZERS[config.optimizer](**kwargs)
+    if resolve_dtype_policy(config.model.dtype_policy) == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
+
+
+def check_resumable(config: ml_collections.ConfigDict, model_dir: pathlib.Path) -> None:
+    """Writes config.json on the first run; later runs must match it (bar RESUMABLE_CHANGES)."""
+    path = model_dir / "config.json"
+    current = json.loads(config.to_json_best_effort())
+    if not path.exists():
+        atomic_write_text(path, json.dumps(current, indent=2))
+        return
+    saved = json.loads(path.read_text())
+    changed = sorted(
+        key
+        for key in set(saved) | set(current)
+        if key not in RESUMABLE_CHANGES and saved.get(key) != current.get(key)
+    )
+    if changed:
+        raise ConfigError(
+            f"--model_dir={model_dir} holds a run with a different config (fields {changed} "
+            f"differ from {path}). Use a new --model_dir, or the same settings to resume."
+        )
+    if current != saved:
+        atomic_write_text(path, json.dumps(current, indent=2))
+
+
+def default_model_dir(config: ml_collections.ConfigDict) -> pathlib.Path:
+    model = config.model
+    name = f"{config.dataset.replace('/', '_')}-{model.extractor}-{model.head}-{model.pooling}"
+    return pathlib.Path("runs") / name
+
+
+def compile_for_training(inference: keras.Model, config, steps_per_epoch: int) -> keras.Model:
+    """A single-output view (logits) of the inference model, compiled; weights are shared."""
+    classes = config.model.num_classes
+    training = keras.Model(inference.input, inference.output["logits"], name="training")
+    training.compile(
+        optimizer=make_optimizer(config, steps_per_epoch),
+        loss=keras.losses.BinaryCrossentropy(from_logits=True),
+        metrics=[
+            keras.metrics.BinaryAccuracy(threshold=0.0, name="accuracy"),
+            keras.metrics.AUC(
+                from_logits=True,
+                name="auc",
+                multi_label=classes > 1,
+                num_labels=classes if classes > 1 else None,
+            ),
+        ],
+    )
+    return training
+
+
+def overlay_batch(count: int, name: str, data_dir: str | None):
+    """The first `count` validation images, labels and needle boxes (when the dataset has them)."""
+    examples = next(iter(pipeline.load(name, "validation", data_dir=data_dir).batch(count)))
+    boxes = examples.get("needle_bbox")
+    labels = np.asarray(examples["label"], np.float32).reshape(len(examples["image"]), -1)
+    return np.asarray(examples["image"]), None if boxes is None else np.asarray(boxes), labels
+
+
+def train(
+    config: ml_collections.ConfigDict,
+    model_dir: str | pathlib.Path,
+    *,
+    tfds_data_dir: str | None = None,
+    tfds_manual_dir: str | None = None,
+    extra_callbacks: tuple[keras.callbacks.Callback, ...] = (),
+    verbose: int | str = "auto",
+) -> dict[str, Any]:
+    """Trains (or resumes, or finds finished) the run in `model_dir`; returns metrics.json."""
+    validate_config(config)
+    model_dir = pathlib.Path(model_dir)
+    strategy = distribute.make_strategy(config.strategy)
+    chief = distribute.is_chief(strategy)
+    distribute.replica_batch_size(strategy, config.batch_size)
+    keras.utils.set_random_seed(config.seed)  # tf.data's seeded shuffles depend on it too
+    data = _datasets(config, tfds_data_dir, tfds_manual_dir)
+
+    model_dir.mkdir(parents=True, exist_ok=True)
+    metrics_path = model_dir / "metrics.json"
+    # Decided before training, so that every worker takes the same branch below.
+    evaluated = (
+        metrics_path.exists()
+        and json.loads(metrics_path.read_text()).get("epochs") == config.epochs
+    )
+    if chief:
+        check_resumable(config, model_dir)
+
+    keras.utils.set_random_seed(config.seed)  # again: loading data may draw from `random`
+    with strategy.scope():
+        try:
+            inference = build_model(config.model)
+        except ValueError as error:  # e.g. a pooling the head cannot use
+            raise ConfigError(str(error)) from error
+        training = compile_for_training(inference, config, data.steps_per_epoch)
+    distribute.build_for_fit(training, data.train, strategy)
+
+    manager = CheckpointManager(model_dir / "checkpoints")
+    state = new_run_state()
+    if (latest := manager.latest()) is not None:
+        state = manager.restore(training, latest)
+        print(
+            f"Resuming from {latest}: {state['epoch']} epochs and "
+            f"{state['global_step']} steps done.",
+            flush=True,
+        )
+    if state["epoch"] < config.epochs:
+        callbacks = [
+            RunState(
+                state,
+                manager,
+                model_dir,
+                inference,
+                data.steps_per_epoch,
+                config.checkpoint_every_steps,
+                is_chief=chief,
+            ),
+            keras.callbacks.TensorBoard(log_dir=str(model_dir / "tensorboard")),
+            *extra_callbacks,
+        ]
+        if chief and config.overlay_images:
+            callbacks.insert(1, _saliency_overlays(config, inference, model_dir, tfds_data_dir))
+        if verbose == "auto":
+            verbose = 1 if sys.stdout.isatty() else 2  # progress bars on a terminal only
+        _fit(training, data, state, config.epochs, callbacks, verbose)
+
+    if evaluated:
+        return json.loads(metrics_path.read_text())
+    inference.load_weights(model_dir / state["best_weights"])
+    test_metrics = training.evaluate(data.test, return_dict=True, verbose=0)
+    best_row = state["history"][state["best_epoch"] - 1]
+    metrics = {
+        "best_epoch": state["best_epoch"],
+        "epochs": state["epoch"],
+        "validation": {k[4:]: v for k, v in best_row.items() if k.startswith("val_")},
+        "test": {k: float(v) for k, v in test_metrics.items()},
+    }
+    if chief:  # the export first: metrics.json marks a run as complete
+        export.export_model(inference, config, model_dir)
+        atomic_write_text(metrics_path, json.dumps(metrics, indent=2))
+    return metrics
+
+
+def _datasets(config, data_dir: str | None, manual_dir: str | None) -> pipeline.Splits:
+    """The run's three splits (building the dataset first if needed)."""
+    try:
+        builder = pipeline.ensure_built(config.dataset, data_dir, manual_dir)
+    except ValueError as error:  # an unknown dataset name
+        raise ConfigError(str(error)) from error
+    classes = pipeline.class_count(builder)
+    if classes != config.model.num_classes:
+        raise ConfigError(
+            f"--config.model.num_classes={config.model.num_classes}: {config.dataset} has "
+            f"{classes} sigmoid output(s)."
+        )
+    train_stream, steps_per_epoch = pipeline.training_stream(
+        config.dataset,
+        config.train_size or None,
+        config.positive_fraction,
+        config.oversample_minority,
+        config.batch_size,
+        config.seed,
+        data_dir,
+        classes,
+    )
+    validation, test = (
+        pipeline.evaluation_batches(config.dataset, split, config.batch_size, data_dir, classes)
+        for split in ("validation", "test")
+    )
+    return pipeline.Splits(train_stream, validation, test, steps_per_epoch, classes)
+
+
+def _saliency_overlays(config, inference, model_dir: pathlib.Path, data_dir: str | None):
+    images, boxes, labels = overlay_batch(config.overlay_images, config.dataset, data_dir)
+    return SaliencyOverlays(
+        inference,
+        images,
+        boxes,
+        labels,
+        saliency_geometry(config.model),
+        model_dir / "tensorboard",
+    )
+
+
+def _fit(training, data: pipeline.Splits, state, epochs: int, callbacks, verbose) -> None:
+    """model.fit from the saved position: the rest of a broken epoch first, then whole epochs."""
+    common = dict(validation_data=data.validation, callbacks=callbacks, verbose=verbose)
+    done_in_epoch = state["global_step"] - state["epoch"] * data.steps_per_epoch
+    if done_in_epoch:
+        training.fit(
+            data.train.skip(state["global_step"]),
+            steps_per_epoch=data.steps_per_epoch - done_in_epoch,
+            initial_epoch=state["epoch"],
+            epochs=state["epoch"] + 1,
+            shuffle=False,
+            **common,
+        )
+    if state["epoch"] < epochs:
+        training.fit(
+            data.train.skip(state["global_step"]),
+            steps_per_epoch=data.steps_per_epoch,
+            initial_epoch=state["epoch"],
+            epochs=epochs,
+            shuffle=False,
+            **common,
+        )
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # TFDS logs each split it opens at INFO
+    try:
+        config = resolved_config()
+    except ValueError as error:  # e.g. an unknown --preset
+        raise app.UsageError(str(error)) from error
+    model_dir = pathlib.Path(_MODEL_DIR.value or default_model_dir(config))
+    print(f"Model directory: {model_dir}", flush=True)
+    try:
+        metrics = train(
+            config,
+            model_dir,
+            tfds_data_dir=_TFDS_DATA_DIR.value,
+            tfds_manual_dir=_TFDS_MANUAL_DIR.value,
+        )
+    except ConfigError as error:
+        raise app.UsageError(str(error)) from error
+    except NonFiniteLossError as error:
+        sys.exit(f"Stopped: {error}")
+    print(json.dumps(metrics, indent=2))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,72 @@
+"""Checkpoints are complete or absent, pruned to the newest, and restore weights and optimizer."""
+
+from __future__ import annotations
+
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from needles_tf.checkpointing import CheckpointManager, atomic_write_text
+
+
+def small_model() -> keras.Model:
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(keras.optimizers.Adam(0.1), "mse")
+    return model
+
+
+def test_save_restore_prune_and_leftovers(tmp_path):
+    model = small_model()
+    model.fit(np.ones((4, 3)), np.zeros((4, 2)), verbose=0)
+    (tmp_path / ".tmp-ckpt-crashed").mkdir()  # what a crash mid-save leaves
+    manager = CheckpointManager(tmp_path, keep=2)
+    assert not (tmp_path / ".tmp-ckpt-crashed").exists()
+    for step in (1, 2, 3):
+        manager.save(model, {"global_step": step, "epoch": 0})
+    assert [p.name for p in manager.checkpoints()] == ["ckpt-2", "ckpt-3"]
+
+    restored = small_model()
+    state = manager.restore(restored, manager.latest())
+    assert state == {"global_step": 3, "epoch": 0}
+    for a, b in zip(model.get_weights(), restored.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(model.optimizer.variables, restored.optimizer.variables, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert int(restored.optimizer.iterations.numpy()) == 1
+
+
+def test_a_failed_save_leaves_no_checkpoint(tmp_path, monkeypatch):
+    model = small_model()
+    manager = CheckpointManager(tmp_path)
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(model, "save_weights", crash)
+    with pytest.raises(OSError, match="disk full"):
+        manager.save(model, {"global_step": 7})
+    assert manager.latest() is None
+    assert CheckpointManager(tmp_path).checkpoints() == []  # the next start cleans up
+    assert not any(tmp_path.iterdir())
+
+
+def test_corrupt_checkpoint_is_named(tmp_path):
+    manager = CheckpointManager(tmp_path)
+    model = small_model()
+    path = manager.save(model, {"global_step": 1})
+    (path / "model.weights.h5").write_bytes(b"not hdf5")
+    with pytest.raises(RuntimeError, match=r"ckpt-1 cannot be restored"):
+        manager.restore(small_model(), path)
+
+
+def test_atomic_write_text_replaces_whole_files(tmp_path):
+    path = tmp_path / "sub" / "metrics.json"
+    atomic_write_text(path, "first")
+    atomic_write_text(path, "second")
+    assert path.read_text() == "second"
+    assert [p.name for p in path.parent.iterdir()] == ["metrics.json"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # not tempfile's private 0600

@@ -1,0 +1,373 @@
+"""The trainer end to end on dummy nMNIST: train, crash, resume, finish, export, reload."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import runpy
+import subprocess
+import sys
+import textwrap
+import time
+
+import h5py
+import keras
+import numpy as np
+import pytest
+from conftest import free_ports
+
+from needles_tf import train as train_module
+from needles_tf.callbacks import NonFiniteLossError, RunState, new_run_state
+from needles_tf.checkpointing import CheckpointManager
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+STEPS_PER_EPOCH = 3  # 12 dummy training images, batch 4
+
+
+def tiny_config(**fields):
+    config = runpy.run_path(str(ROOT / "configs" / "nmnist.py"))["get_config"]()
+    config.model.update(
+        width=0.0625,
+        receptive_field=9,
+        dtype_policy="float32",
+        head="instance",
+        pooling="lse_lba",
+        pooling_kwargs={"r0": 5.0},
+    )
+    config.update(
+        epochs=2,
+        batch_size=4,
+        effective_batch_size=4,
+        optimizer="sgd",
+        learning_rate=1e-2,
+        lr_decay_epochs=(1,),
+        checkpoint_every_steps=1,
+        overlay_images=2,
+    )
+    config.update(fields)
+    return config
+
+
+class Crash(keras.callbacks.Callback):
+    """Raises KeyboardInterrupt after `after_steps` training steps of this run."""
+
+    def __init__(self, after_steps: int):
+        super().__init__()
+        self.remaining = after_steps
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.remaining -= 1
+        if self.remaining == 0:
+            raise KeyboardInterrupt
+
+
+class CountSteps(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.steps = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps += 1
+
+
+def checkpoint_weights(path: pathlib.Path) -> list[np.ndarray]:
+    arrays = []
+    with h5py.File(path / "model.weights.h5", "r") as file:
+        file.visititems(
+            lambda name, item: (
+                arrays.append(np.array(item)) if isinstance(item, h5py.Dataset) else None
+            )
+        )
+    return arrays
+
+
+@pytest.fixture(scope="module")
+def tfds_dir(nmnist_64) -> str:
+    return str(pathlib.Path(nmnist_64.data_dir).parents[2])
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tfds_dir, tmp_path_factory):
+    model_dir = tmp_path_factory.mktemp("uninterrupted")
+    metrics = train_module.train(tiny_config(), model_dir, tfds_data_dir=tfds_dir, verbose=0)
+    return model_dir, metrics
+
+
+def test_a_run_writes_its_records_and_export(uninterrupted):
+    model_dir, metrics = uninterrupted
+    assert sorted(p.name for p in (model_dir / "checkpoints").iterdir()) == ["ckpt-5", "ckpt-6"]
+    history = (model_dir / "history.csv").read_text().splitlines()
+    assert history[0].split(",")[:2] == ["epoch", "accuracy"] and len(history) == 3
+    assert "val_accuracy" in history[0] and "learning_rate" in history[0]
+    learning_rates = [float(row.split(",")[-1]) for row in history[1:]]
+    np.testing.assert_allclose(learning_rates, [1e-2, 1e-3], rtol=1e-6)  # x0.1 at epoch 1
+    assert json.loads((model_dir / "metrics.json").read_text()) == metrics
+    assert set(metrics) == {"best_epoch", "epochs", "validation", "test"}
+    assert set(metrics["test"]) == {"accuracy", "auc", "loss"}
+    assert (model_dir / f"best-epoch{metrics['best_epoch']:04d}.weights.h5").exists()
+    assert (model_dir / "saved_model" / "1" / "saved_model.pb").exists()
+    assert list((model_dir / "tensorboard").glob("saliency/events.out.tfevents.*"))
+    assert not list(model_dir.rglob(".tmp-*"))
+
+
+def test_crash_then_rerun_resumes_to_the_same_weights(uninterrupted, tfds_dir, tmp_path):
+    reference_dir, reference_metrics = uninterrupted
+    config = tiny_config()
+    with pytest.raises(KeyboardInterrupt):  # in epoch 2, after its first step
+        train_module.train(
+            config, tmp_path, tfds_data_dir=tfds_dir, extra_callbacks=(Crash(4),), verbose=0
+        )
+    assert CheckpointManager(tmp_path / "checkpoints").latest().name == "ckpt-4"
+    assert not (tmp_path / "metrics.json").exists()
+    assert not (tmp_path / "saved_model").exists()
+
+    steps = CountSteps()
+    metrics = train_module.train(
+        config, tmp_path, tfds_data_dir=tfds_dir, extra_callbacks=(steps,), verbose=0
+    )
+    assert steps.steps == 2 * STEPS_PER_EPOCH - 4
+    for resumed, reference in zip(
+        checkpoint_weights(tmp_path / "checkpoints" / "ckpt-6"),
+        checkpoint_weights(reference_dir / "checkpoints" / "ckpt-6"),
+        strict=True,
+    ):
+        np.testing.assert_allclose(resumed, reference, rtol=1e-5, atol=1e-6)
+    assert metrics["best_epoch"] == reference_metrics["best_epoch"]
+
+    # A finished run rerun: nothing trains, nothing is rewritten.
+    stamps = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
+    steps = CountSteps()
+    again = train_module.train(
+        config, tmp_path, tfds_data_dir=tfds_dir, extra_callbacks=(steps,), verbose=0
+    )
+    assert again == metrics and steps.steps == 0
+    assert stamps == {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
+
+
+def test_rerun_with_another_config_is_refused(uninterrupted, tfds_dir):
+    model_dir, _ = uninterrupted
+    with pytest.raises(train_module.ConfigError, match=r"different config.*'learning_rate'"):
+        train_module.train(
+            tiny_config(learning_rate=0.5), model_dir, tfds_data_dir=tfds_dir, verbose=0
+        )
+
+
+def test_export_loads_without_needles_tf(uninterrupted):
+    model_dir, _ = uninterrupted
+    script = textwrap.dedent(
+        """
+        import sys
+        import numpy as np
+        import tensorflow as tf
+
+        loaded = tf.saved_model.load(sys.argv[1])
+        image = np.random.default_rng(0).integers(0, 256, (2, 80, 72, 1)).astype(np.uint8)
+        out = loaded.signatures["serving_default"](image=tf.constant(image))
+        png = tf.io.encode_png(image[0])
+        encoded = loaded.signatures["serving_encoded"](image_bytes=tf.stack([png, png]))
+        assert "needles_tf" not in sys.modules
+        np.testing.assert_allclose(encoded["probability"][0], out["probability"][0], rtol=1e-5)
+        print({k: list(v.shape) for k, v in out.items()})
+        print(float(tf.reduce_min(out["saliency"])), float(tf.reduce_max(out["saliency"])))
+        """
+    )
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(model_dir / "saved_model" / "1")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd="/",
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    shapes, limits = result.stdout.strip().splitlines()[-2:]
+    # 80x72 input, RF 9, stride 8: a 9x8 grid; saliency at the input's size, in [0, 1].
+    assert eval(shapes) == {
+        "probability": [2, 1],
+        "saliency": [2, 80, 72, 1],
+        "saliency_grid": [2, 9, 8, 1],
+    }
+    low, high = map(float, limits.split())
+    assert 0.0 <= low <= high <= 1.0
+
+
+def test_saved_model_cli_runs_the_export(uninterrupted, tmp_path):
+    model_dir, _ = uninterrupted
+    np.save(tmp_path / "image.npy", np.zeros((1, 64, 64, 1), np.uint8))
+    cli = pathlib.Path(sys.executable).with_name("saved_model_cli")
+    result = subprocess.run(
+        [
+            str(cli),
+            "run",
+            "--dir",
+            str(model_dir / "saved_model" / "1"),
+            "--tag_set",
+            "serve",
+            "--signature_def",
+            "serving_default",
+            "--inputs",
+            f"image={tmp_path / 'image.npy'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for output in ("probability", "saliency", "saliency_grid"):
+        assert f"Result for output key {output}:" in result.stdout
+
+
+def test_keras_file_loads_in_safe_mode_and_matches(uninterrupted):
+    model_dir, metrics = uninterrupted
+    loaded = keras.saving.load_model(model_dir / "model.keras", safe_mode=True)
+    reference = train_module.build_model(tiny_config().model)
+    reference.load_weights(model_dir / f"best-epoch{metrics['best_epoch']:04d}.weights.h5")
+    images = np.random.default_rng(1).integers(0, 256, (2, 64, 64, 1)).astype(np.uint8)
+    np.testing.assert_allclose(
+        loaded.predict_on_batch(images)["probability"],
+        reference.predict_on_batch(images)["probability"],
+        rtol=1e-5,
+    )
+
+
+def test_nan_loss_stops_with_a_clear_message(tmp_path):
+    state = new_run_state()
+    callback = RunState(state, CheckpointManager(tmp_path), tmp_path, None, STEPS_PER_EPOCH)
+    callback.on_train_batch_end(0, {"loss": 0.7})
+    with pytest.raises(NonFiniteLossError, match=r"became nan at epoch 1, step 2.*intact"):
+        callback.on_train_batch_end(1, {"loss": float("nan")})
+    assert state["global_step"] == 1
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"model.width": -1.0}, r"--width=-1.0: expected a positive"),
+        ({"model.pooling": "median"}, r"--pooling='median': expected one of \[.*'lse_lba'"),
+        ({"model.dtype_policy": "int8"}, r"--precision='int8': expected one of"),
+        ({"optimizer": "lbfgs"}, r"--config.optimizer='lbfgs'"),
+        (
+            {"effective_batch_size": 6},
+            r"effective_batch_size=6: expected a multiple of --batch_size=4",
+        ),
+        ({"positive_fraction": 1.5}, r"--positive_fraction=1.5"),
+        ({"model.receptive_field": 17}, r"--rf=17: expected one of"),
+    ],
+)
+def test_bad_config_values_name_the_flag(fields, message):
+    config = tiny_config()
+    for path, value in fields.items():
+        train_module.set_field(config, path, value)
+    with pytest.raises(train_module.ConfigError, match=message):
+        train_module.validate_config(config)
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return subprocess.run(
+        [sys.executable, "-m", "needles_tf.train", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=300,
+    )
+
+
+def test_command_line_rejects_bad_flags_at_once(tmp_path):
+    result = run_cli("--pooling=median", f"--model_dir={tmp_path}")
+    assert result.returncode != 0
+    assert "--pooling=median" in result.stderr and "lse_lba" in result.stderr
+    result = run_cli("--width=-2", "--preset=cpu_quick", f"--model_dir={tmp_path}")
+    assert result.returncode != 0 and "--width=-2.0: expected a positive" in result.stderr
+    result = run_cli("--preset=gpu_huge", f"--model_dir={tmp_path}")
+    assert result.returncode != 0 and "--preset='gpu_huge': expected one of" in result.stderr
+    assert not any(tmp_path.iterdir())
+
+
+def test_preset_then_config_overrides_then_flags(monkeypatch):
+    from absl import flags
+
+    preset = runpy.run_path(str(ROOT / "configs" / "nmnist.py"))["PRESETS"]["cpu_quick"]
+    argv = [
+        "train",
+        f"--config={ROOT / 'configs' / 'nmnist.py'}",
+        "--preset=cpu_quick",
+        "--config.learning_rate=0.01",
+        "--config.model.width=0.5",
+        "--width=0.125",
+        "--pooling=max",
+        "--head=embedding",
+    ]
+    monkeypatch.setattr(sys, "argv", argv)  # config_flags reads its overrides from sys.argv
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(argv)
+    try:
+        config = train_module.resolved_config()
+    finally:
+        flags.FLAGS.unparse_flags()
+    assert config.epochs == preset["epochs"] and config.optimizer == preset["optimizer"]
+    assert config.learning_rate == 0.01  # --config.* beats the preset
+    assert config.model.width == 0.125 and config.model.pooling == "max"  # plain flags last
+
+
+def test_multi_worker_run_survives_kill_9_of_every_worker(tfds_dir, tmp_path):
+    """Two workers on localhost, killed with SIGKILL mid-run, rerun: they resume and finish."""
+    model_dir = tmp_path / "run"
+    workers = [f"localhost:{port}" for port in free_ports(2)]
+    flags = [
+        f"--model_dir={model_dir}",
+        f"--tfds_data_dir={tfds_dir}",
+        "--strategy=multi_worker",
+        "--width=0.0625",
+        "--rf=9",
+        "--precision=float32",
+        "--head=instance",
+        "--pooling=lse_lba",
+        "--epochs=4",
+        "--batch_size=4",
+        "--config.effective_batch_size=4",
+        "--config.checkpoint_every_steps=1",
+        "--config.overlay_images=0",
+    ]
+
+    def start():
+        processes = []
+        for index in range(2):
+            tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+            env = {**os.environ, "TF_CONFIG": json.dumps(tf_config), "TF_CPP_MIN_LOG_LEVEL": "2"}
+            processes.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "needles_tf.train", *flags],
+                    env=env,
+                    cwd=ROOT,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                )
+            )
+        return processes
+
+    processes = start()
+    deadline = time.monotonic() + 300
+    while not (model_dir / "checkpoints" / "ckpt-2").exists():
+        assert time.monotonic() < deadline and all(p.poll() is None for p in processes), [
+            p.communicate()[0][-2000:] for p in processes if p.poll() is not None
+        ]
+        time.sleep(0.05)
+    for process in processes:
+        process.kill()
+        process.communicate()
+    assert not (model_dir / "metrics.json").exists()
+
+    rerun = start()
+    outputs = [p.communicate(timeout=300)[0] for p in rerun]
+    assert all(p.returncode == 0 for p in rerun), [out[-3000:] for out in outputs]
+    assert "Resuming from" in outputs[0] and "Resuming from" in outputs[1]
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    assert metrics["epochs"] == 4
+    assert len((model_dir / "history.csv").read_text().splitlines()) == 1 + 4
+    assert (model_dir / "saved_model" / "1" / "saved_model.pb").exists()
