@@ -1,0 +1,150 @@
+"""Classification and weak-localization metrics, in NumPy (scikit-learn and scikit-image).
+
+Saliency maps are (H, W) arrays at input resolution on their raw scale; boxes
+are (ymin, xmin, ymax, xmax) relative to the image, as TFDS BBoxFeature
+stores them, and an all-zero box means "no needle".
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from skimage import measure
+from sklearn import metrics as sk_metrics
+
+
+def accuracy(labels: np.ndarray, probabilities: np.ndarray, threshold: float = 0.5) -> float:
+    """Fraction of (image, class) decisions `probability >= threshold` that match the labels."""
+    labels, probabilities = np.asarray(labels), np.asarray(probabilities)
+    return float(np.mean((probabilities >= threshold) == (labels > 0.5)))
+
+
+def roc_auc(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
+    """ROC AUC per class (`class_k`) and their mean (`mean`); classes with one label are NaN."""
+    labels = np.asarray(labels).reshape(len(labels), -1)
+    probabilities = np.asarray(probabilities).reshape(len(probabilities), -1)
+    per_class = {}
+    for k in range(labels.shape[1]):
+        column = labels[:, k] > 0.5
+        per_class[f"class_{k}"] = (
+            float(sk_metrics.roc_auc_score(column, probabilities[:, k]))
+            if 0 < column.sum() < len(column)
+            else float("nan")
+        )
+    values = [v for v in per_class.values() if not np.isnan(v)]
+    return {**per_class, "mean": float(np.mean(values)) if values else float("nan")}
+
+
+def box_mask(box: np.ndarray, height: int, width: int) -> np.ndarray:
+    """The (height, width) boolean mask of a relative (ymin, xmin, ymax, xmax) box."""
+    ymin, xmin, ymax, xmax = np.asarray(box, np.float64) * [height, width, height, width]
+    mask = np.zeros((height, width), bool)
+    mask[int(np.floor(ymin)) : int(np.ceil(ymax)), int(np.floor(xmin)) : int(np.ceil(xmax))] = True
+    return mask
+
+
+def _argmax_position(saliency: np.ndarray) -> tuple[int, int]:
+    return np.unravel_index(int(np.argmax(saliency)), saliency.shape)
+
+
+def localization_average_precision(
+    saliency_maps: list[np.ndarray], boxes: list[np.ndarray | None]
+) -> float:
+    """Average precision of max-saliency detections (paper 000 App. C.4, after Oquab et al.).
+
+    Each image gives one detection: the position of its maximum saliency, with
+    that saliency as confidence. It is a true positive when it falls inside the
+    needle's box; a wrong one on an image with a needle is a false positive and
+    leaves that needle undetected (a false negative); on an image without a
+    needle (box None or all zero) it is a false positive only. AP is the mean of
+    the precision at the rank of each true positive over all needles.
+    """
+    confidences, hits, needles = [], [], 0
+    for saliency, box in zip(saliency_maps, boxes, strict=True):
+        saliency = np.asarray(saliency)
+        y, x = _argmax_position(saliency)
+        has_needle = box is not None and np.any(np.asarray(box) > 0)
+        needles += has_needle
+        confidences.append(float(saliency[y, x]))
+        hits.append(bool(has_needle and box_mask(box, *saliency.shape)[y, x]))
+    if needles == 0:
+        return float("nan")
+    order = np.argsort(-np.asarray(confidences), kind="stable")
+    hits_ranked = np.asarray(hits)[order]
+    precision = np.cumsum(hits_ranked) / np.arange(1, len(hits_ranked) + 1)
+    return float(np.sum(precision[hits_ranked]) / needles)
+
+
+def continuous_dice(saliency: np.ndarray, target: np.ndarray) -> float:
+    """2·ΣSG / (ΣS² + ΣG²) of a [0, 1] saliency map S and a binary mask G (paper 004 §4.2)."""
+    s = np.asarray(saliency, np.float64)
+    g = np.asarray(target, np.float64)
+    denominator = np.sum(s * s) + np.sum(g * g)
+    return float(2.0 * np.sum(s * g) / denominator) if denominator > 0 else 1.0
+
+
+def iobb_hit(saliency: np.ndarray, box: np.ndarray, tau: float, alpha: float) -> bool:
+    """Whether some box of the saliency binarized at `tau` has IoBB >= `alpha` (paper 004 Table 2).
+
+    Predicted boxes are the bounding boxes of the connected components of
+    S > tau; IoBB is the area of a predicted box inside the ground-truth box
+    divided by the predicted box's area (Wang et al., ChestX-ray8).
+    """
+    saliency = np.asarray(saliency)
+    truth = box_mask(box, *saliency.shape)
+    for region in measure.regionprops(measure.label(saliency > tau)):
+        y0, x0, y1, x1 = region.bbox
+        if truth[y0:y1, x0:x1].mean() >= alpha:
+            return True
+    return False
+
+
+def iobb_accuracy(
+    saliency_maps: list[np.ndarray], boxes: list[np.ndarray], tau: float, alpha: float = 0.5
+) -> float:
+    """Fraction of images with a needle whose saliency passes `iobb_hit`."""
+    hits = [
+        iobb_hit(s, b, tau, alpha)
+        for s, b in zip(saliency_maps, boxes, strict=True)
+        if b is not None and np.any(np.asarray(b) > 0)
+    ]
+    return float(np.mean(hits)) if hits else float("nan")
+
+
+def pixel_average_precision(
+    saliency_maps: list[np.ndarray], masks: list[np.ndarray], normalize: bool = True
+) -> float:
+    """PxAP: average precision of all pixels' saliency against the masks (Choe et al.; paper 001).
+
+    With `normalize`, each map is min-max scaled to [0, 1] first, as WSOL
+    benchmarks do, so that images are ranked on one scale.
+    """
+    scores, truths = [], []
+    for saliency, mask in zip(saliency_maps, masks, strict=True):
+        saliency = np.asarray(saliency, np.float64)
+        if normalize:
+            low, high = saliency.min(), saliency.max()
+            saliency = (saliency - low) / (high - low) if high > low else np.zeros_like(saliency)
+        scores.append(saliency.ravel())
+        truths.append(np.asarray(mask).ravel() > 0)
+    truth = np.concatenate(truths)
+    if not truth.any():
+        return float("nan")
+    return float(sk_metrics.average_precision_score(truth, np.concatenate(scores)))
+
+
+def pointing_game(
+    saliency_maps: list[np.ndarray], boxes: list[np.ndarray], tolerance: int = 0
+) -> float:
+    """Fraction of images with a needle whose maximum saliency lies within `tolerance`
+    pixels of the needle's box (Zhang et al., 2016)."""
+    hits = []
+    for saliency, box in zip(saliency_maps, boxes, strict=True):
+        if box is None or not np.any(np.asarray(box) > 0):
+            continue
+        saliency = np.asarray(saliency)
+        y, x = _argmax_position(saliency)
+        truth = box_mask(box, *saliency.shape)
+        y0, y1 = max(y - tolerance, 0), y + tolerance + 1
+        x0, x1 = max(x - tolerance, 0), x + tolerance + 1
+        hits.append(bool(truth[y0:y1, x0:x1].any()))
+    return float(np.mean(hits)) if hits else float("nan")
