@@ -1,0 +1,91 @@
+"""Saliency methods on a tiny BagNet: shapes, agreement with the model's maps, their maths."""
+
+from __future__ import annotations
+
+import keras
+import ml_collections
+import numpy as np
+import pytest
+
+from needles_tf.localization.methods import SALIENCY_METHODS, get_saliency_method, soft_threshold
+from needles_tf.localization.upsample import saliency_to_input
+from needles_tf.models.factory import build_model, saliency_geometry
+
+
+def tiny(head: str, pooling: str) -> tuple[keras.Model, ml_collections.ConfigDict]:
+    config = ml_collections.ConfigDict(
+        dict(
+            extractor="bagnet",
+            receptive_field=9,
+            width=0.0625,
+            input_channels=1,
+            head=head,
+            pooling=pooling,
+            pooling_kwargs={},
+            num_classes=1,
+            dtype_policy="float32",
+        )
+    )
+    keras.utils.set_random_seed(0)
+    return build_model(config), config
+
+
+IMAGES = np.random.default_rng(0).integers(0, 256, (2, 40, 40, 1)).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    ("head", "pooling", "methods"),
+    [
+        ("instance", "lse_lba", ["instance", "gradient", "sparse_inversion"]),
+        ("embedding", "max", ["cam", "gradient"]),
+        ("embedding", "attention", ["attention"]),
+    ],
+)
+def test_methods_give_finite_maps_at_input_size(head, pooling, methods):
+    model, config = tiny(head, pooling)
+    for name in methods:
+        maps = np.asarray(
+            get_saliency_method(name)(model, IMAGES, geometry=saliency_geometry(config))
+        )
+        assert maps.shape == (2, 40, 40) and np.isfinite(maps).all(), name
+
+
+def test_instance_map_is_the_upsampled_instance_probability():
+    model, config = tiny("instance", "lse_lba")
+    grid = model(IMAGES)["saliency"]
+    expected = np.asarray(saliency_to_input(grid, 40, 40, *saliency_geometry(config)))[..., 0]
+    got = SALIENCY_METHODS["instance"](model, IMAGES, geometry=saliency_geometry(config))
+    np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-6)
+
+
+def test_a_method_the_model_cannot_give_is_named():
+    model, config = tiny("instance", "lse_lba")
+    with pytest.raises(ValueError, match=r"--saliency='cam' needs a model with head='embedding'"):
+        SALIENCY_METHODS["cam"](model, IMAGES, geometry=saliency_geometry(config))
+    with pytest.raises(ValueError, match=r"--saliency='grad'.*'gradient'"):
+        get_saliency_method("grad")
+
+
+def test_gradient_matches_a_finite_difference():
+    model, _ = tiny("instance", "lse_lba")  # smooth pooling: the difference is local
+    maps = np.asarray(SALIENCY_METHODS["gradient"](model, IMAGES[:1]))
+    y, x = np.unravel_index(np.argmax(maps[0]), maps[0].shape)
+    step = 0.01
+    plus, minus = IMAGES[:1].copy(), IMAGES[:1].copy()
+    plus[0, y, x, 0] += step
+    minus[0, y, x, 0] -= step
+    difference = (model(plus)["logits"][0, 0] - model(minus)["logits"][0, 0]) / (2 * step)
+    assert abs(float(difference)) == pytest.approx(float(maps[0, y, x]), rel=0.05)
+
+
+def test_soft_threshold_and_sparse_inversion_limits():
+    values = np.array([-2.0, -0.5, 0.0, 0.3, 1.5], np.float32)
+    np.testing.assert_allclose(np.asarray(soft_threshold(values, 1.0)), [-1.0, 0, 0, 0, 0.5])
+    model, _ = tiny("instance", "lse_lba")
+    method = SALIENCY_METHODS["sparse_inversion"]
+    unchanged = np.asarray(method(model, IMAGES, steps=0))
+    np.testing.assert_allclose(unchanged, IMAGES[..., 0] / 255.0, rtol=1e-6)
+    assert np.all(np.asarray(method(model, IMAGES, steps=1, sparsity=1e9)) == 0.0)
+    # Sparsity removes evidence: fewer nonzero pixels survive than were in the image.
+    kept = np.asarray(method(model, IMAGES, steps=5, sparsity=0.05))
+    assert 0 < np.count_nonzero(kept) < np.count_nonzero(IMAGES)
