@@ -46,6 +46,32 @@ def _argmax_position(saliency: np.ndarray) -> tuple[int, int]:
     return np.unravel_index(int(np.argmax(saliency)), saliency.shape)
 
 
+def max_saliency_detections(
+    saliency_maps: list[np.ndarray], boxes: list[np.ndarray | None]
+) -> tuple[np.ndarray, int]:
+    """Per image, whether its max-saliency detection hits the needle, ranked by confidence
+    (the saliency there, highest first); and the number of images with a needle."""
+    confidences, hits, needles = [], [], 0
+    for saliency, box in zip(saliency_maps, boxes, strict=True):
+        saliency = np.asarray(saliency)
+        y, x = _argmax_position(saliency)
+        has_needle = box is not None and np.any(np.asarray(box) > 0)
+        needles += has_needle
+        confidences.append(float(saliency[y, x]))
+        hits.append(bool(has_needle and box_mask(box, *saliency.shape)[y, x]))
+    order = np.argsort(-np.asarray(confidences), kind="stable")
+    return np.asarray(hits, bool)[order], int(needles)
+
+
+def localization_precision_recall(
+    saliency_maps: list[np.ndarray], boxes: list[np.ndarray | None]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Recall and precision after each ranked detection (see localization_average_precision)."""
+    hits, needles = max_saliency_detections(saliency_maps, boxes)
+    true_positives = np.cumsum(hits)
+    return true_positives / max(needles, 1), true_positives / np.arange(1, len(hits) + 1)
+
+
 def localization_average_precision(
     saliency_maps: list[np.ndarray], boxes: list[np.ndarray | None]
 ) -> float:
@@ -58,20 +84,11 @@ def localization_average_precision(
     needle (box None or all zero) it is a false positive only. AP is the mean of
     the precision at the rank of each true positive over all needles.
     """
-    confidences, hits, needles = [], [], 0
-    for saliency, box in zip(saliency_maps, boxes, strict=True):
-        saliency = np.asarray(saliency)
-        y, x = _argmax_position(saliency)
-        has_needle = box is not None and np.any(np.asarray(box) > 0)
-        needles += has_needle
-        confidences.append(float(saliency[y, x]))
-        hits.append(bool(has_needle and box_mask(box, *saliency.shape)[y, x]))
+    hits, needles = max_saliency_detections(saliency_maps, boxes)
     if needles == 0:
         return float("nan")
-    order = np.argsort(-np.asarray(confidences), kind="stable")
-    hits_ranked = np.asarray(hits)[order]
-    precision = np.cumsum(hits_ranked) / np.arange(1, len(hits_ranked) + 1)
-    return float(np.sum(precision[hits_ranked]) / needles)
+    precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+    return float(np.sum(precision[hits]) / needles)
 
 
 def continuous_dice(saliency: np.ndarray, target: np.ndarray) -> float:

@@ -371,3 +371,24 @@ def test_multi_worker_run_survives_kill_9_of_every_worker(tfds_dir, tmp_path):
     assert metrics["epochs"] == 4
     assert len((model_dir / "history.csv").read_text().splitlines()) == 1 + 4
     assert (model_dir / "saved_model" / "1" / "saved_model.pb").exists()
+
+
+def test_evaluate_writes_metrics_table_and_pictures(uninterrupted, tfds_dir, capsys):
+    from needles_tf import evaluate
+
+    model_dir, run_metrics = uninterrupted
+    methods = ["instance", "gradient", "sparse_inversion"]
+    results = evaluate.evaluate(model_dir, "test", methods, batch_size=8, data_dir=tfds_dir)
+    # The same weights on the same split: the trainer's test accuracy (logit >= 0).
+    assert results["classification"]["accuracy"] == pytest.approx(run_metrics["test"]["accuracy"])
+    assert results["examples"] == 16
+    assert set(results["localization"]) == set(methods)
+    for values in results["localization"].values():
+        for name in ("localization_ap", "dice", "pointing_game", "pxap", "iobb_accuracy@tau=0.5"):
+            assert 0.0 <= values[name] <= 1.0, name
+    saved = json.loads((model_dir / "eval" / "metrics.json").read_text())
+    assert saved["localization"].keys() == results["localization"].keys()
+    for picture in ("precision_recall.png", "overlays.png"):
+        assert (model_dir / "eval" / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = capsys.readouterr().out
+    assert "sparse_inversion" in table and "localization_ap" in table

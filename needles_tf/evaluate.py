@@ -1,0 +1,221 @@
+r"""Evaluate a trained run: classification and weak-localization metrics, with pictures.
+
+    python -m needles_tf.evaluate --model_dir=DIR [--split=test] \
+        [--saliency=cam,gradient,sparse_inversion] [--max_examples=N]
+
+Writes DIR/eval/metrics.json (classification, then per saliency method the
+localization AP of paper 000 App. C.4, continuous DICE, IoBB accuracy at each
+--tau, PxAP and the pointing game), DIR/eval/precision_recall.png and
+DIR/eval/overlays.png (true/false positives/negatives, like paper 000 Fig. 16),
+and prints a table. Localization needs boxes (`needle_bbox`) in the dataset;
+PxAP needs masks (`needle_mask`); what a dataset lacks is skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Any
+
+import matplotlib
+import numpy as np
+from absl import app, flags, logging
+
+from needles_tf import export, metrics
+from needles_tf.checkpointing import atomic_write_text
+from needles_tf.data import load
+from needles_tf.localization.methods import get_saliency_method
+from needles_tf.models.factory import saliency_geometry
+from needles_tf.plots import saliency_overlay, unit_interval
+
+matplotlib.use("Agg")
+from matplotlib import pyplot as plt
+
+NATIVE_MAP = {"instance": "instance", "embedding": "cam"}  # head -> its own saliency method
+OUTCOMES = ("TP", "FP", "FN", "TN")
+
+
+def _unit(name: str, saliency: np.ndarray) -> np.ndarray:
+    """[0, 1] maps for DICE and IoBB: instance maps are probabilities; others are min-max scaled."""
+    return np.clip(saliency, 0.0, 1.0) if name == "instance" else unit_interval(saliency)
+
+
+def evaluate(
+    model_dir: str | pathlib.Path,
+    split: str = "test",
+    methods: list[str] | None = None,
+    *,
+    batch_size: int = 32,
+    max_examples: int = 0,
+    taus: tuple[float, ...] = (0.5,),
+    alpha: float = 0.5,
+    data_dir: str | None = None,
+) -> dict[str, Any]:
+    """Computes, writes and returns the metrics of `model_dir`'s best weights on `split`."""
+    model_dir = pathlib.Path(model_dir)
+    model, config = export.load_run(model_dir)
+    geometry = saliency_geometry(config.model)
+    pooling = config.model.pooling
+    methods = methods or ["attention" if "attention" in pooling else NATIVE_MAP[config.model.head]]
+    method_fns = {name: get_saliency_method(name) for name in methods}
+    data = load(config.dataset, split, data_dir=data_dir)
+    if max_examples:
+        data = data.take(max_examples)
+
+    labels, probabilities, boxes, masks, gallery = [], [], [], [], []
+    maps: dict[str, list[np.ndarray]] = {name: [] for name in methods}
+    for batch in data.batch(batch_size).as_numpy_iterator():
+        images = batch["image"].astype(np.float32)
+        probability = np.asarray(model.predict_on_batch(images)["probability"])
+        labels.append(np.asarray(batch["label"], np.float32).reshape(len(images), -1))
+        probabilities.append(probability)
+        boxes.extend(batch.get("needle_bbox", [None] * len(images)))
+        if "needle_mask" in batch:
+            masks.extend(batch["needle_mask"][..., 0] > 0)
+        for name, fn in method_fns.items():
+            maps[name].extend(np.asarray(fn(model, images, geometry=geometry), np.float32))
+        gallery.extend(zip(batch["image"], labels[-1][:, 0], probability[:, 0], strict=True))
+    labels, probabilities = np.concatenate(labels), np.concatenate(probabilities)
+
+    results: dict[str, Any] = {
+        "split": split,
+        "examples": len(labels),
+        "classification": {
+            "accuracy": metrics.accuracy(labels, probabilities),
+            "auc": metrics.roc_auc(labels, probabilities),
+        },
+    }
+    if all(box is None for box in boxes):
+        results["localization"] = f"skipped: {config.dataset} has no needle_bbox feature"
+    else:
+        results["localization"] = {
+            name: _localization(name, maps[name], boxes, masks, taus, alpha) for name in methods
+        }
+    out = model_dir / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "metrics.json", json.dumps(results, indent=2))
+    if isinstance(results["localization"], dict):
+        _plot_precision_recall(maps, boxes, out / "precision_recall.png")
+    first = methods[0]
+    _plot_overlays(gallery, maps[first], boxes, first, out / "overlays.png")
+    print(_table(results))
+    return results
+
+
+def _localization(name, maps, boxes, masks, taus, alpha) -> dict[str, Any]:
+    positives = [i for i, box in enumerate(boxes) if box is not None and np.any(box > 0)]
+    unit = [_unit(name, maps[i]) for i in positives]
+    truth = [metrics.box_mask(boxes[i], *maps[i].shape) for i in positives]
+    result = {
+        "localization_ap": metrics.localization_average_precision(maps, boxes),
+        "dice": float(
+            np.mean([metrics.continuous_dice(s, g) for s, g in zip(unit, truth, strict=True)])
+        ),
+        "pointing_game": metrics.pointing_game(maps, boxes),
+        **{
+            f"iobb_accuracy@tau={tau}": metrics.iobb_accuracy(
+                unit, [boxes[i] for i in positives], tau, alpha
+            )
+            for tau in taus
+        },
+    }
+    if masks:
+        result["pxap"] = metrics.pixel_average_precision(maps, masks)
+    else:
+        result["pxap"] = "skipped: the dataset has no needle_mask feature"
+    return result
+
+
+def _plot_precision_recall(maps, boxes, path: pathlib.Path) -> None:
+    figure, axes = plt.subplots(figsize=(4.5, 4))
+    for name, saliency_maps in maps.items():
+        recall, precision = metrics.localization_precision_recall(saliency_maps, boxes)
+        ap = metrics.localization_average_precision(saliency_maps, boxes)
+        axes.plot(recall, precision, label=f"{name} (AP {ap:.3f})")
+    axes.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02))
+    axes.set_title("Localization by maximum saliency")
+    axes.legend(loc="lower left")
+    _save(figure, path)
+
+
+def _plot_overlays(gallery, maps, boxes, method: str, path: pathlib.Path, per_row: int = 6):
+    """Rows of true positives, false positives, false negatives and true negatives."""
+    rows = {outcome: [] for outcome in OUTCOMES}
+    for i, (_, label, probability) in enumerate(gallery):
+        predicted = probability >= 0.5
+        outcome = ("T" if predicted == (label > 0.5) else "F") + ("P" if predicted else "N")
+        if len(rows[outcome]) < per_row:
+            rows[outcome].append(i)
+    figure, axes = plt.subplots(4, per_row, figsize=(1.8 * per_row, 8.2), squeeze=False)
+    for r, outcome in enumerate(OUTCOMES):
+        for c in range(per_row):
+            axis = axes[r, c]
+            axis.axis("off")
+            if c == 0 and not rows[outcome]:
+                axis.text(0.5, 0.5, f"no {outcome}", ha="center", va="center", fontsize=9)
+            if c < len(rows[outcome]):
+                i = rows[outcome][c]
+                image, label, probability = gallery[i]
+                axis.imshow(saliency_overlay(image, maps[i], boxes[i]))
+                axis.set_title(f"{outcome}: y={int(label)} p={probability:.2f}", fontsize=8)
+    figure.suptitle(f"{method} saliency; green: the needle's box", fontsize=10)
+    _save(figure, path)
+
+
+def _save(figure, path: pathlib.Path) -> None:
+    temporary = path.with_name(f".tmp-{path.name}")
+    figure.tight_layout()
+    figure.savefig(temporary, dpi=120, format="png")
+    plt.close(figure)
+    temporary.replace(path)
+
+
+def _table(results: dict[str, Any]) -> str:
+    classification = results["classification"]
+    lines = [
+        f"{results['split']}: {results['examples']} images, accuracy "
+        f"{classification['accuracy']:.4f}, AUC {classification['auc']['mean']:.4f}"
+    ]
+    localization = results["localization"]
+    if isinstance(localization, str):
+        return "\n".join([*lines, f"localization {localization}"])
+    columns = list(next(iter(localization.values())))
+    lines.append(f"{'saliency':<18}" + "".join(f"{c[:22]:>24}" for c in columns))
+    for name, values in localization.items():
+        cells = [
+            f"{v:>24.4f}" if isinstance(v, float) else f"{'skipped':>24}" for v in values.values()
+        ]
+        lines.append(f"{name:<18}" + "".join(cells))
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)
+    FLAGS = flags.FLAGS
+    try:
+        evaluate(
+            FLAGS.model_dir,
+            FLAGS.split,
+            FLAGS.saliency,
+            batch_size=FLAGS.batch_size,
+            max_examples=FLAGS.max_examples,
+            taus=tuple(float(t) for t in FLAGS.tau),
+            alpha=FLAGS.alpha,
+            data_dir=FLAGS.tfds_data_dir,
+        )
+    except (ValueError, FileNotFoundError) as error:
+        raise app.UsageError(str(error)) from error
+
+
+if __name__ == "__main__":
+    flags.DEFINE_string("model_dir", None, "A training run's directory.", required=True)
+    flags.DEFINE_string("split", "test", "TFDS split to evaluate.")
+    flags.DEFINE_list("saliency", None, "Saliency methods (default: the model's own map).")
+    flags.DEFINE_integer("batch_size", 32, "Images per batch.")
+    flags.DEFINE_integer("max_examples", 0, "Evaluate only the first N images (0: all).")
+    flags.DEFINE_list("tau", ["0.5"], "Binarization thresholds for IoBB accuracy.")
+    flags.DEFINE_float("alpha", 0.5, "T(IoBB): the IoBB an image needs to count as localized.")
+    flags.DEFINE_string("tfds_data_dir", None, "TFDS data directory.")
+    app.run(main)
