@@ -26,18 +26,19 @@ from needles_tf.checkpointing import atomic_write_text
 from needles_tf.data import load
 from needles_tf.localization.methods import get_saliency_method
 from needles_tf.models.factory import saliency_geometry
-from needles_tf.plots import saliency_overlay, unit_interval
+from needles_tf.plots import saliency_overlay
 
 matplotlib.use("Agg")
 from matplotlib import pyplot as plt
 
 NATIVE_MAP = {"instance": "instance", "embedding": "cam"}  # head -> its own saliency method
 OUTCOMES = ("TP", "FP", "FN", "TN")
+GALLERY_PER_OUTCOME = 6
 
 
 def _unit(name: str, saliency: np.ndarray) -> np.ndarray:
     """[0, 1] maps for DICE and IoBB: instance maps are probabilities; others are min-max scaled."""
-    return np.clip(saliency, 0.0, 1.0) if name == "instance" else unit_interval(saliency)
+    return np.clip(saliency, 0.0, 1.0) if name == "instance" else metrics.unit_interval(saliency)
 
 
 def evaluate(
@@ -62,7 +63,8 @@ def evaluate(
     if max_examples:
         data = data.take(max_examples)
 
-    labels, probabilities, boxes, masks, gallery = [], [], [], [], []
+    labels, probabilities, boxes, masks = [], [], [], []
+    gallery: dict[str, list] = {outcome: [] for outcome in OUTCOMES}  # what overlays.png shows
     maps: dict[str, list[np.ndarray]] = {name: [] for name in methods}
     for batch in data.batch(batch_size).as_numpy_iterator():
         images = batch["image"].astype(np.float32)
@@ -74,7 +76,13 @@ def evaluate(
             masks.extend(batch["needle_mask"][..., 0] > 0)
         for name, fn in method_fns.items():
             maps[name].extend(np.asarray(fn(model, images, geometry=geometry), np.float32))
-        gallery.extend(zip(batch["image"], labels[-1][:, 0], probability[:, 0], strict=True))
+        start = len(boxes) - len(images)
+        for i, (image, label, p) in enumerate(
+            zip(batch["image"], labels[-1][:, 0], probability[:, 0], strict=True)
+        ):
+            outcome = ("T" if (p >= 0.5) == (label > 0.5) else "F") + ("P" if p >= 0.5 else "N")
+            if len(gallery[outcome]) < GALLERY_PER_OUTCOME:
+                gallery[outcome].append((start + i, image, label, p))
     labels, probabilities = np.concatenate(labels), np.concatenate(probabilities)
 
     results: dict[str, Any] = {
@@ -103,7 +111,7 @@ def evaluate(
 
 
 def _localization(name, maps, boxes, masks, taus, alpha) -> dict[str, Any]:
-    positives = [i for i, box in enumerate(boxes) if box is not None and np.any(box > 0)]
+    positives = [i for i, box in enumerate(boxes) if metrics.has_needle(box)]
     unit = [_unit(name, maps[i]) for i in positives]
     truth = [metrics.box_mask(boxes[i], *maps[i].shape) for i in positives]
     result = {
@@ -138,24 +146,18 @@ def _plot_precision_recall(maps, boxes, path: pathlib.Path) -> None:
     _save(figure, path)
 
 
-def _plot_overlays(gallery, maps, boxes, method: str, path: pathlib.Path, per_row: int = 6):
+def _plot_overlays(gallery, maps, boxes, method: str, path: pathlib.Path) -> None:
     """Rows of true positives, false positives, false negatives and true negatives."""
-    rows = {outcome: [] for outcome in OUTCOMES}
-    for i, (_, label, probability) in enumerate(gallery):
-        predicted = probability >= 0.5
-        outcome = ("T" if predicted == (label > 0.5) else "F") + ("P" if predicted else "N")
-        if len(rows[outcome]) < per_row:
-            rows[outcome].append(i)
+    per_row = GALLERY_PER_OUTCOME
     figure, axes = plt.subplots(4, per_row, figsize=(1.8 * per_row, 8.2), squeeze=False)
     for r, outcome in enumerate(OUTCOMES):
         for c in range(per_row):
             axis = axes[r, c]
             axis.axis("off")
-            if c == 0 and not rows[outcome]:
+            if c == 0 and not gallery[outcome]:
                 axis.text(0.5, 0.5, f"no {outcome}", ha="center", va="center", fontsize=9)
-            if c < len(rows[outcome]):
-                i = rows[outcome][c]
-                image, label, probability = gallery[i]
+            if c < len(gallery[outcome]):
+                i, image, label, probability = gallery[outcome][c]
                 axis.imshow(saliency_overlay(image, maps[i], boxes[i]))
                 axis.set_title(f"{outcome}: y={int(label)} p={probability:.2f}", fontsize=8)
     figure.suptitle(f"{method} saliency; green: the needle's box", fontsize=10)

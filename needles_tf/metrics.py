@@ -34,6 +34,18 @@ def roc_auc(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
     return {**per_class, "mean": float(np.mean(values)) if values else float("nan")}
 
 
+def has_needle(box: np.ndarray | None) -> bool:
+    """Whether `box` marks a needle (None and the all-zero box mean none)."""
+    return box is not None and bool(np.any(np.asarray(box) > 0))
+
+
+def unit_interval(saliency: np.ndarray) -> np.ndarray:
+    """Min-max scales one map to [0, 1] (a constant map becomes 0)."""
+    saliency = np.asarray(saliency, np.float32)
+    low, high = float(saliency.min()), float(saliency.max())
+    return (saliency - low) / (high - low) if high > low else np.zeros_like(saliency)
+
+
 def box_mask(box: np.ndarray, height: int, width: int) -> np.ndarray:
     """The (height, width) boolean mask of a relative (ymin, xmin, ymax, xmax) box."""
     ymin, xmin, ymax, xmax = np.asarray(box, np.float64) * [height, width, height, width]
@@ -55,10 +67,10 @@ def max_saliency_detections(
     for saliency, box in zip(saliency_maps, boxes, strict=True):
         saliency = np.asarray(saliency)
         y, x = _argmax_position(saliency)
-        has_needle = box is not None and np.any(np.asarray(box) > 0)
-        needles += has_needle
+        needle = has_needle(box)
+        needles += needle
         confidences.append(float(saliency[y, x]))
-        hits.append(bool(has_needle and box_mask(box, *saliency.shape)[y, x]))
+        hits.append(bool(needle and box_mask(box, *saliency.shape)[y, x]))
     order = np.argsort(-np.asarray(confidences), kind="stable")
     return np.asarray(hits, bool)[order], int(needles)
 
@@ -122,7 +134,7 @@ def iobb_accuracy(
     hits = [
         iobb_hit(s, b, tau, alpha)
         for s, b in zip(saliency_maps, boxes, strict=True)
-        if b is not None and np.any(np.asarray(b) > 0)
+        if has_needle(b)
     ]
     return float(np.mean(hits)) if hits else float("nan")
 
@@ -137,11 +149,7 @@ def pixel_average_precision(
     """
     scores, truths = [], []
     for saliency, mask in zip(saliency_maps, masks, strict=True):
-        saliency = np.asarray(saliency, np.float64)
-        if normalize:
-            low, high = saliency.min(), saliency.max()
-            saliency = (saliency - low) / (high - low) if high > low else np.zeros_like(saliency)
-        scores.append(saliency.ravel())
+        scores.append((unit_interval(saliency) if normalize else np.asarray(saliency)).ravel())
         truths.append(np.asarray(mask).ravel() > 0)
     truth = np.concatenate(truths)
     if not truth.any():
@@ -156,7 +164,7 @@ def pointing_game(
     pixels of the needle's box (Zhang et al., 2016)."""
     hits = []
     for saliency, box in zip(saliency_maps, boxes, strict=True):
-        if box is None or not np.any(np.asarray(box) > 0):
+        if not has_needle(box):
             continue
         saliency = np.asarray(saliency)
         y, x = _argmax_position(saliency)

@@ -2,18 +2,10 @@
 
 from __future__ import annotations
 
-import matplotlib
 import numpy as np
-
-matplotlib.use("Agg")
 from matplotlib import colormaps
 
-
-def unit_interval(saliency: np.ndarray) -> np.ndarray:
-    """Min-max scales one map to [0, 1] for display (a constant map becomes 0)."""
-    saliency = np.asarray(saliency, np.float32)
-    low, high = float(saliency.min()), float(saliency.max())
-    return (saliency - low) / (high - low) if high > low else np.zeros_like(saliency)
+from needles_tf.metrics import has_needle, unit_interval
 
 
 def saliency_overlay(
@@ -33,7 +25,7 @@ def saliency_overlay(
     colours = colormaps[colormap](unit_interval(saliency))[..., :3]
     overlay = (1.0 - alpha) * np.repeat(grey, 3, axis=-1) + alpha * colours
     overlay = (np.clip(overlay, 0.0, 1.0) * 255.0).round().astype(np.uint8)
-    if box is not None and np.any(np.asarray(box) > 0):
+    if has_needle(box):
         height, width = overlay.shape[:2]
         y0, x0, y1, x1 = np.asarray(box, np.float64) * [height, width, height, width]
         y0, x0 = int(np.clip(y0, 0, height - 1)), int(np.clip(x0, 0, width - 1))

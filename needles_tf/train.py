@@ -380,7 +380,7 @@ def _datasets(config, data_dir: str | None, manual_dir: str | None) -> pipeline.
         pipeline.evaluation_batches(config.dataset, split, config.batch_size, data_dir, classes)
         for split in ("validation", "test")
     )
-    return pipeline.Splits(train_stream, validation, test, steps_per_epoch, classes)
+    return pipeline.Splits(train_stream, validation, test, steps_per_epoch)
 
 
 def _saliency_overlays(config, inference, model_dir: pathlib.Path, data_dir: str | None):

@@ -7,6 +7,7 @@ import socket
 from collections.abc import Mapping
 from unittest import mock
 
+import ml_collections
 import pytest
 import tensorflow_datasets as tfds
 
@@ -51,6 +52,22 @@ def nmnist_64(tmp_path_factory) -> tfds.core.DatasetBuilder:
 def nmnist_128_parallel(tmp_path_factory) -> tfds.core.DatasetBuilder:
     """canvas_128 built from dummy_data/ with two worker processes."""
     return build_nmnist("canvas_128", tmp_path_factory.mktemp("tfds"), num_workers=2)
+
+
+def tiny_bagnet_config(**fields) -> ml_collections.ConfigDict:
+    """The `model` config of a very small BagNet (RF 9, s = 1/16, float32) for fast tests."""
+    config = dict(
+        extractor="bagnet",
+        receptive_field=9,
+        width=0.0625,
+        input_channels=1,
+        head="embedding",
+        pooling="max",
+        pooling_kwargs={},
+        num_classes=1,
+        dtype_policy="float32",
+    )
+    return ml_collections.ConfigDict({**config, **fields})
 
 
 def free_ports(count: int) -> list[int]:

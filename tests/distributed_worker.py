@@ -23,29 +23,16 @@ def main() -> None:
         distribute.split_logical_cpus(args.logical_cpus)
 
     import keras
-    import ml_collections
     import tensorflow as tf
+    from conftest import tiny_bagnet_config
 
     from needles_tf.models.factory import build_model
 
     strategy = distribute.make_strategy(args.strategy)
     global_batch = 8
     with strategy.scope():
-        config = ml_collections.ConfigDict(
-            dict(
-                extractor="bagnet",
-                receptive_field=9,
-                width=0.0625,
-                input_channels=1,
-                head="embedding",
-                pooling="max",
-                pooling_kwargs={},
-                num_classes=1,
-                dtype_policy="float32",
-            )
-        )
         keras.utils.set_random_seed(0)
-        model = build_model(config)
+        model = build_model(tiny_bagnet_config())
         model.compile(
             optimizer=keras.optimizers.RMSprop(1e-3),
             loss={"logits": keras.losses.BinaryCrossentropy(from_logits=True)},

@@ -6,6 +6,7 @@ import keras
 import ml_collections
 import numpy as np
 import pytest
+from conftest import tiny_bagnet_config
 
 from needles_tf.localization.methods import SALIENCY_METHODS, get_saliency_method, soft_threshold
 from needles_tf.localization.upsample import saliency_to_input
@@ -13,19 +14,7 @@ from needles_tf.models.factory import build_model, saliency_geometry
 
 
 def tiny(head: str, pooling: str) -> tuple[keras.Model, ml_collections.ConfigDict]:
-    config = ml_collections.ConfigDict(
-        dict(
-            extractor="bagnet",
-            receptive_field=9,
-            width=0.0625,
-            input_channels=1,
-            head=head,
-            pooling=pooling,
-            pooling_kwargs={},
-            num_classes=1,
-            dtype_policy="float32",
-        )
-    )
+    config = tiny_bagnet_config(head=head, pooling=pooling)
     keras.utils.set_random_seed(0)
     return build_model(config), config
 

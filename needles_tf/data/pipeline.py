@@ -21,7 +21,6 @@ class Splits:
     validation: tf.data.Dataset
     test: tf.data.Dataset
     steps_per_epoch: int
-    num_classes: int
 
 
 def ensure_built(
