@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import json
 import pathlib
+import sys
 from typing import Any
 
+import keras
 import matplotlib
 import numpy as np
 from absl import app, flags, logging
@@ -66,7 +68,12 @@ def evaluate(
     labels, probabilities, boxes, masks = [], [], [], []
     gallery: dict[str, list] = {outcome: [] for outcome in OUTCOMES}  # what overlays.png shows
     maps: dict[str, list[np.ndarray]] = {name: [] for name in methods}
-    for batch in data.batch(batch_size).as_numpy_iterator():
+    batches = data.batch(batch_size)
+    count = int(batches.cardinality())  # negative when unknown
+    bar = keras.utils.Progbar(
+        count if count >= 0 else None, verbose=1 if sys.stdout.isatty() else 2, unit_name="batch"
+    )
+    for batch in batches.as_numpy_iterator():
         images = batch["image"].astype(np.float32)
         probability = np.asarray(model.predict_on_batch(images)["probability"])
         labels.append(np.asarray(batch["label"], np.float32).reshape(len(images), -1))
@@ -83,6 +90,7 @@ def evaluate(
             outcome = ("T" if (p >= 0.5) == (label > 0.5) else "F") + ("P" if p >= 0.5 else "N")
             if len(gallery[outcome]) < GALLERY_PER_OUTCOME:
                 gallery[outcome].append((start + i, image, label, p))
+        bar.add(1)
     labels, probabilities = np.concatenate(labels), np.concatenate(probabilities)
 
     results: dict[str, Any] = {

@@ -8,7 +8,14 @@ Signatures of the SavedModel (TF Serving's version-number layout):
 both returning
   probability    float32 [batch, K]
   saliency       float32 [batch, height, width, K], in [0, 1], at the input's size
-  saliency_grid  float32 [batch, h, w, K], the model's native map, raw scale.
+  saliency_grid  float32 [batch, h, w, K], the model's native map, raw scale;
+and the model in two halves, for tiled inference on images too large for one
+piece (needles_tf.predict):
+  features(image: float32 [batch, height, width, 1 or 3], values in [0, 255])
+      -> embedding  float32 [batch, h, w, D], the extractor's grid
+  head(embedding) -> probability, saliency_grid and saliency_unit ([0, 1], on the grid).
+`assets.extra/needles_tf.json` (and `needles_tf.json` inside model.keras)
+describes the model: its config, class names and saliency geometry.
 The SavedModel is plain TensorFlow: it loads without needles_tf. Both
 artefacts are written under temporary names and renamed into place.
 """
@@ -20,19 +27,24 @@ import os
 import pathlib
 import shutil
 import tempfile
+import zipfile
+from collections.abc import Callable, Sequence
 
 import keras
 import ml_collections
 import tensorflow as tf
-from absl import app, flags
+import tensorflow_datasets as tfds
+from absl import app, flags, logging
 from keras import ops
 
 from needles_tf.checkpointing import usual_permissions
+from needles_tf.data import pipeline
 from needles_tf.localization.upsample import saliency_to_input
 from needles_tf.models.factory import build_model, saliency_geometry
 
 SAVED_MODEL = "saved_model"
 KERAS_FILE = "model.keras"
+METADATA_FILE = "needles_tf.json"
 
 
 def unit_saliency(outputs: dict, head: str):
@@ -46,10 +58,70 @@ def unit_saliency(outputs: dict, head: str):
     return ops.sigmoid(grid)
 
 
+def split_at_embedding(
+    model: keras.Model, config: ml_collections.ConfigDict
+) -> tuple[keras.Model, Callable[..., dict]]:
+    """(image -> embedding model, embedding -> outputs function): `model` cut after its extractor.
+
+    Both halves share `model`'s layers and weights.
+    """
+    # The extractor is a nested model: its output *in this model's graph* is that of its call.
+    embedding = model.get_layer(config.extractor)._inbound_nodes[0].outputs[0]
+    # A tensor listed under two names (attention pooling's "attention" is its "saliency")
+    # cannot be cloned twice into a sub-model: keep one name, restore the others on call.
+    outputs, aliases, seen = {}, {}, {}
+    for name, tensor in model.output.items():
+        if id(tensor) in seen:
+            aliases[name] = seen[id(tensor)]
+        else:
+            seen[id(tensor)] = name
+            outputs[name] = tensor
+    head_model = keras.Model(embedding, outputs)
+
+    def head(grid, training: bool = False) -> dict:
+        result = dict(head_model(grid, training=training))
+        return {**result, **{name: result[source] for name, source in aliases.items()}}
+
+    return keras.Model(model.input, embedding), head
+
+
+def model_metadata(
+    config: ml_collections.ConfigDict, class_names: Sequence[str] | None = None
+) -> dict:
+    """What a loader needs to know about an exported model (written as needles_tf.json)."""
+    receptive_field, stride = saliency_geometry(config.model)
+    classes = int(config.model.num_classes)
+    names = list(class_names or [f"class_{k}" for k in range(classes)])
+    if len(names) != classes:
+        raise ValueError(f"class_names={names}: expected {classes} name(s).")
+    return {
+        "model": config.model.to_dict(),
+        "dataset": config.get("dataset"),
+        "class_names": names,
+        "receptive_field": receptive_field,
+        "stride": stride,
+    }
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    """needles_tf.json of a SavedModel directory or a .keras file written by export_model."""
+    path = pathlib.Path(path)
+    try:
+        if path.is_dir():
+            return json.loads((path / "assets.extra" / METADATA_FILE).read_text())
+        with zipfile.ZipFile(path) as archive:
+            return json.loads(archive.read(METADATA_FILE))
+    except (OSError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as error:
+        raise ValueError(
+            f"{path}: no readable {METADATA_FILE}; expected a SavedModel directory or a "
+            f".keras file exported by needles_tf.export ({error})."
+        ) from error
+
+
 def serving_module(
     model: keras.Model, config: ml_collections.ConfigDict
 ) -> keras.export.ExportArchive:
-    """An ExportArchive tracking `model` with the two serving signatures."""
+    """An ExportArchive tracking `model` with the serving signatures and its two halves."""
     channels = int(config.model.input_channels)
     receptive_field, stride = saliency_geometry(config.model)
     head = config.model.head
@@ -76,6 +148,19 @@ def serving_module(
         )
         return outputs_for(images)
 
+    features, head_outputs = split_at_embedding(model, config.model)
+
+    def serve_features(image):
+        return {"embedding": tf.cast(features(image, training=False), tf.float32)}
+
+    def serve_head(embedding):
+        outputs = head_outputs(embedding, training=False)
+        return {
+            "probability": tf.cast(outputs["probability"], tf.float32),
+            "saliency_grid": tf.cast(outputs["saliency"], tf.float32),
+            "saliency_unit": unit_saliency(outputs, head),
+        }
+
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint(
@@ -87,6 +172,19 @@ def serving_module(
         "serving_encoded",
         serve_encoded,
         input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")],
+    )
+    archive.add_endpoint(
+        "features",
+        serve_features,
+        input_signature=[tf.TensorSpec([None, None, None, None], tf.float32, name="image")],
+    )
+    embedding_channels = int(features.output.shape[-1])
+    archive.add_endpoint(
+        "head",
+        serve_head,
+        input_signature=[
+            tf.TensorSpec([None, None, None, embedding_channels], tf.float32, name="embedding")
+        ],
     )
     return archive
 
@@ -107,8 +205,10 @@ def export_model(
     config: ml_collections.ConfigDict,
     model_dir: str | os.PathLike,
     version: int = 1,
+    class_names: Sequence[str] | None = None,
 ) -> pathlib.Path:
     """Writes `model_dir/saved_model/<version>/` and `model_dir/model.keras`; returns the former."""
+    metadata = json.dumps(model_metadata(config, class_names), indent=2)
     model_dir = pathlib.Path(model_dir)
     base = model_dir / SAVED_MODEL
     base.mkdir(parents=True, exist_ok=True)
@@ -116,6 +216,8 @@ def export_model(
     usual_permissions(temporary)
     try:
         serving_module(model, config).write_out(str(temporary), verbose=False)
+        (temporary / "assets.extra").mkdir(exist_ok=True)
+        (temporary / "assets.extra" / METADATA_FILE).write_text(metadata)
         final = base / str(version)
         _replace_directory(temporary, final)
     finally:
@@ -123,6 +225,8 @@ def export_model(
     keras_file = model_dir / KERAS_FILE
     temporary_file = model_dir / f".tmp-{os.getpid()}-{KERAS_FILE}"
     model.save(temporary_file)
+    with zipfile.ZipFile(temporary_file, "a") as archive:  # Keras ignores other members
+        archive.writestr(METADATA_FILE, metadata)
     os.replace(temporary_file, keras_file)
     return final
 
@@ -150,6 +254,18 @@ def load_run(model_dir: pathlib.Path) -> tuple[keras.Model, ml_collections.Confi
     return model, config
 
 
+def _class_names(dataset: str) -> tuple[str, ...] | None:
+    """The dataset's class names where it is built under --tfds_data_dir, else None."""
+    try:
+        builder = tfds.builder(dataset, data_dir=flags.FLAGS.tfds_data_dir)
+    except tfds.core.registered.DatasetNotFoundError:
+        builder = None
+    if builder is None or not builder.is_prepared():
+        logging.warning("%s is not built here: classes are named class_0, class_1, ...", dataset)
+        return None
+    return pipeline.class_names(builder)
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -160,7 +276,7 @@ def main(argv: list[str]) -> None:
         model, config = load_run(pathlib.Path(model_dir))
     except FileNotFoundError as error:
         raise app.UsageError(str(error)) from error
-    path = export_model(model, config, model_dir, flags.FLAGS.version)
+    path = export_model(model, config, model_dir, flags.FLAGS.version, _class_names(config.dataset))
     print(f"Exported {path} and {pathlib.Path(model_dir) / KERAS_FILE}")
 
 
@@ -168,4 +284,5 @@ if __name__ == "__main__":
     # Defined here, not at import, so that needles_tf.train can import this module.
     flags.DEFINE_string("model_dir", None, "A training run's directory.")
     flags.DEFINE_integer("version", 1, "Version number of the SavedModel directory.")
+    flags.DEFINE_string("tfds_data_dir", None, "Where the run's dataset is built (class names).")
     app.run(main)

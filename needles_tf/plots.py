@@ -28,9 +28,26 @@ def saliency_overlay(
     if has_needle(box):
         height, width = overlay.shape[:2]
         y0, x0, y1, x1 = np.asarray(box, np.float64) * [height, width, height, width]
-        y0, x0 = int(np.clip(y0, 0, height - 1)), int(np.clip(x0, 0, width - 1))
-        y1, x1 = int(np.clip(y1 - 1, 0, height - 1)), int(np.clip(x1 - 1, 0, width - 1))
-        green = np.array([0, 255, 0], np.uint8)
-        overlay[y0, x0 : x1 + 1] = overlay[y1, x0 : x1 + 1] = green
-        overlay[y0 : y1 + 1, x0] = overlay[y0 : y1 + 1, x1] = green
+        outline(overlay, int(y0), int(x0), int(y1), int(x1), (0, 255, 0))
     return overlay
+
+
+def outline(
+    image: np.ndarray,
+    y0: int,
+    x0: int,
+    y1: int,
+    x1: int,
+    colour: tuple[int, int, int],
+    thickness: int = 1,
+) -> None:
+    """Draws the border of pixels [y0, y1) x [x0, x1), clipped to `image`, in place."""
+    height, width = image.shape[:2]
+    y0, y1 = int(np.clip(y0, 0, height - 1)), int(np.clip(y1 - 1, 0, height - 1))
+    x0, x1 = int(np.clip(x0, 0, width - 1)), int(np.clip(x1 - 1, 0, width - 1))
+    t = max(1, int(thickness))
+    rgb = np.asarray(colour, np.uint8)
+    image[y0 : min(y0 + t, y1 + 1), x0 : x1 + 1] = rgb
+    image[max(y1 - t + 1, y0) : y1 + 1, x0 : x1 + 1] = rgb
+    image[y0 : y1 + 1, x0 : min(x0 + t, x1 + 1)] = rgb
+    image[y0 : y1 + 1, max(x1 - t + 1, x0) : x1 + 1] = rgb

@@ -349,7 +349,7 @@ def train(
         "test": {k: float(v) for k, v in test_metrics.items()},
     }
     if chief:  # the export first: metrics.json marks a run as complete
-        export.export_model(inference, config, model_dir)
+        export.export_model(inference, config, model_dir, class_names=data.class_names)
         atomic_write_text(metrics_path, json.dumps(metrics, indent=2))
     return metrics
 
@@ -380,7 +380,9 @@ def _datasets(config, data_dir: str | None, manual_dir: str | None) -> pipeline.
         pipeline.evaluation_batches(config.dataset, split, config.batch_size, data_dir, classes)
         for split in ("validation", "test")
     )
-    return pipeline.Splits(train_stream, validation, test, steps_per_epoch)
+    return pipeline.Splits(
+        train_stream, validation, test, steps_per_epoch, pipeline.class_names(builder)
+    )
 
 
 def _saliency_overlays(config, inference, model_dir: pathlib.Path, data_dir: str | None):

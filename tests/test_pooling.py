@@ -141,3 +141,14 @@ def test_noisy_or_does_not_underflow_with_many_small_probabilities():
 def test_poolings_compute_in_float32_under_mixed_precision():
     x = keras.ops.cast(RNG.uniform(0, 1, (1, 4, 4, 1)), "bfloat16")
     assert keras.ops.convert_to_numpy(pooling_lib.get_pooling("lse_lba")(x)).dtype == np.float32
+
+
+@pytest.mark.parametrize("size", [1, 7, 48, 300])
+@pytest.mark.parametrize("name, kwargs", [("lse_lba", {"r0": 5.0}), ("lse_r", {"r": 10.0})])
+def test_mean_logsumexp_never_exceeds_the_maximum(name, kwargs, size):
+    """Rounding once gave 1.0000001 for a probability map (float32 log of a sum of exps)."""
+    rng = np.random.default_rng(size)
+    s = np.concatenate(
+        [np.ones((1, size, size, 1)), rng.uniform(0, 1, (3, size, size, 1))]
+    ).astype(np.float32)
+    assert np.all(pool(name, s, **kwargs) <= s.max(axis=(1, 2)))

@@ -392,3 +392,19 @@ def test_evaluate_writes_metrics_table_and_pictures(uninterrupted, tfds_dir, cap
         assert (model_dir / "eval" / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = capsys.readouterr().out
     assert "sparse_inversion" in table and "localization_ap" in table
+
+
+def test_evaluate_without_boxes_says_why_it_skips(uninterrupted, tfds_dir, monkeypatch, capsys):
+    from needles_tf import evaluate
+
+    def without_boxes(*args, **kwargs):
+        data = load(*args, **kwargs)
+        return data.map(lambda e: {"image": e["image"], "label": e["label"]})
+
+    load = evaluate.load
+    monkeypatch.setattr(evaluate, "load", without_boxes)
+    model_dir, _ = uninterrupted
+    results = evaluate.evaluate(model_dir, "test", ["gradient"], batch_size=8, data_dir=tfds_dir)
+    assert results["localization"] == "skipped: nmnist/canvas_64 has no needle_bbox feature"
+    assert "localization skipped: nmnist/canvas_64 has no needle_bbox" in capsys.readouterr().out
+    assert (model_dir / "eval" / "overlays.png").exists()

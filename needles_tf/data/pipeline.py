@@ -21,6 +21,7 @@ class Splits:
     validation: tf.data.Dataset
     test: tf.data.Dataset
     steps_per_epoch: int
+    class_names: tuple[str, ...]
 
 
 def ensure_built(
@@ -118,3 +119,13 @@ def class_count(builder: tfds.core.DatasetBuilder) -> int:
     if classes is None:  # multi-hot tensor or sequence of class labels
         classes = int(feature.shape[-1])
     return 1 if classes == 2 else int(classes)
+
+
+def class_names(builder: tfds.core.DatasetBuilder) -> tuple[str, ...]:
+    """Names of the K sigmoid outputs: the positive class of a two-class label, else all."""
+    feature = builder.info.features["label"]
+    inner = getattr(feature, "feature", None)  # a Sequence of ClassLabel: multi-hot
+    names = getattr(feature, "names", None) or getattr(inner, "names", None)
+    if not names:
+        return tuple(f"class_{k}" for k in range(class_count(builder)))
+    return (names[1],) if len(names) == 2 else tuple(names)

@@ -44,6 +44,18 @@ GEOMETRY: dict[str, Callable[..., tuple[int, int]]] = {
 }
 
 
+# Extractor -> whether each grid cell depends on its receptive-field window alone, so that
+# tiled inference equals whole-image inference (instance normalization sees the whole input).
+LOCAL_CELLS: dict[str, Callable[..., bool]] = {
+    "bagnet": lambda config: config.get("normalization", "instance") == "batch",
+}
+
+
+def has_local_cells(config) -> bool:
+    """Whether `config`'s extractor computes each grid cell from its window alone."""
+    return LOCAL_CELLS[config.extractor](config)
+
+
 def saliency_geometry(config) -> tuple[int, int]:
     """(receptive field, stride) in input pixels of the saliency grid of `config`'s model."""
     return GEOMETRY[config.extractor](config)

@@ -1,0 +1,288 @@
+r"""Classify your own images and show where the needle is.
+
+    python -m needles_tf.predict --model=PATH [--out_dir=DIR] [--json] \
+        [--tile_size=1024] IMAGE [IMAGE ...]
+
+PATH is a SavedModel directory (RUN/saved_model/1) or a .keras file
+(RUN/model.keras), both written by needles_tf.export. IMAGEs are PNG, JPEG or
+TIFF files of any size, grey or colour, 8 or 16 bits. Prints the probability
+of every class (a table, or JSON with --json) and the position of maximum
+saliency; with --out_dir, writes IMAGE_saliency.png: the saliency of the most
+probable class over the image, at the image's size, with the receptive-field
+window of the maximum outlined in cyan (and ringed, in images much larger than it).
+
+Images with a side longer than --tile_size are processed in tiles that overlap
+by the receptive field (needles_tf/localization/tiling.py) and pooled as a
+whole, which gives whole-image results for models whose grid cells depend on
+their window alone (batch normalization); with instance normalization a
+warning says the result is approximate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import ml_collections
+import numpy as np
+import tifffile
+from absl import app, flags, logging
+from PIL import Image
+
+from needles_tf import export
+from needles_tf.localization.tiling import tiled_grid
+from needles_tf.localization.upsample import saliency_to_input
+from needles_tf.models.factory import has_local_cells
+from needles_tf.plots import outline, saliency_overlay
+
+TIFF_SUFFIXES = (".tif", ".tiff")
+WINDOW_COLOUR = (0, 255, 255)
+
+
+@dataclasses.dataclass
+class ExportedModel:
+    """An exported model as two halves: image -> embedding grid, grid -> outputs."""
+
+    features: Callable[[np.ndarray], np.ndarray]
+    head: Callable[[np.ndarray], dict[str, np.ndarray]]
+    metadata: dict
+
+    @property
+    def config(self) -> ml_collections.ConfigDict:
+        return ml_collections.ConfigDict(self.metadata["model"])
+
+    @property
+    def geometry(self) -> tuple[int, int]:
+        return int(self.metadata["receptive_field"]), int(self.metadata["stride"])
+
+
+def load_exported(path: str | os.PathLike) -> ExportedModel:
+    """A SavedModel directory or .keras file written by needles_tf.export."""
+    path = pathlib.Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"--model={path}: no such file or directory.")
+    metadata = export.read_metadata(path)
+    if path.is_dir():
+        import tensorflow as tf  # SavedModels are TensorFlow's; .keras files need no TF
+
+        loaded = tf.saved_model.load(str(path))
+        return ExportedModel(
+            features=lambda images: loaded.features(tf.constant(images))["embedding"].numpy(),
+            head=lambda grid: {k: v.numpy() for k, v in loaded.head(tf.constant(grid)).items()},
+            metadata=metadata,
+        )
+    import keras
+
+    return keras_model_parts(keras.saving.load_model(path, compile=False), metadata)
+
+
+def keras_model_parts(model, metadata: dict) -> ExportedModel:
+    """An ExportedModel from a Keras model built by needles_tf and its export metadata."""
+    config = ml_collections.ConfigDict(metadata["model"])
+    features, head_outputs = export.split_at_embedding(model, config)
+
+    def head(grid: np.ndarray) -> dict[str, np.ndarray]:
+        outputs = head_outputs(grid, training=False)
+        return {
+            "probability": np.asarray(outputs["probability"], np.float32),
+            "saliency_grid": np.asarray(outputs["saliency"], np.float32),
+            "saliency_unit": np.asarray(export.unit_saliency(outputs, config.head)),
+        }
+
+    return ExportedModel(
+        features=lambda images: np.asarray(features(images, training=False), np.float32),
+        head=head,
+        metadata=metadata,
+    )
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """PNG, JPEG or TIFF -> (H, W, 1 or 3) float32 in [0, 255]; 16-bit values are scaled."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such image file.")
+    try:
+        if path.suffix.lower() in TIFF_SUFFIXES:
+            pixels = tifffile.imread(path, key=0)  # the first page: level 0 of a pyramid
+        else:
+            Image.MAX_IMAGE_PIXELS = None  # the user's own file: no decompression-bomb limit
+            with Image.open(path) as image:
+                if image.mode in ("P", "PA", "RGBA", "CMYK", "YCbCr", "LAB", "HSV"):
+                    image = image.convert("RGB")
+                elif image.mode == "LA":
+                    image = image.convert("L")
+                pixels = np.asarray(image)
+    except (OSError, ValueError, tifffile.TiffFileError) as error:
+        raise ValueError(f"{path}: not a readable PNG, JPEG or TIFF image ({error}).") from error
+    return _to_model_range(pixels, path)
+
+
+def _to_model_range(pixels: np.ndarray, path: pathlib.Path) -> np.ndarray:
+    if pixels.ndim == 2:
+        pixels = pixels[..., None]
+    if pixels.ndim != 3 or pixels.shape[-1] not in (1, 3, 4):
+        raise ValueError(
+            f"{path}: pixel array of shape {pixels.shape}; expected (height, width) or "
+            "(height, width, 1, 3 or 4 channels)."
+        )
+    pixels = pixels[..., :3]  # drop alpha
+    scale = {np.dtype(np.uint8): 1.0, np.dtype(np.uint16): 1.0 / 257.0, np.dtype(bool): 255.0}
+    if pixels.dtype not in scale:
+        raise ValueError(f"{path}: {pixels.dtype} pixels; expected 8- or 16-bit unsigned integers.")
+    return pixels.astype(np.float32) * scale[pixels.dtype]
+
+
+def predict_image(
+    model: ExportedModel, image: np.ndarray, tile_size: int, progress: bool = False
+) -> dict[str, Any]:
+    """Probabilities, the saliency grid and the tile count of one (H, W, C) image."""
+    receptive_field, stride = model.geometry
+    grid, tiles = tiled_grid(model.features, image, tile_size, receptive_field, stride, progress)
+    outputs = model.head(grid)
+    return {
+        "probability": outputs["probability"][0],
+        "saliency_grid": outputs["saliency_grid"][0],
+        "saliency_unit": outputs["saliency_unit"][0],
+        "tiles": tiles,
+    }
+
+
+def maximum_saliency(saliency_grid: np.ndarray, class_index: int, geometry) -> dict[str, Any]:
+    """Where the raw saliency of a class peaks: its grid cell, window and window centre."""
+    receptive_field, stride = geometry
+    plane = saliency_grid[..., class_index]
+    row, column = np.unravel_index(int(np.argmax(plane)), plane.shape)
+    top, left = int(row) * stride, int(column) * stride
+    return {
+        "x": left + receptive_field / 2.0,
+        "y": top + receptive_field / 2.0,
+        "window": [top, left, top + receptive_field, left + receptive_field],  # y0, x0, y1, x1
+        "value": float(plane[row, column]),
+    }
+
+
+def write_overlay(
+    path: pathlib.Path, image: np.ndarray, result: dict[str, Any], class_index: int, geometry
+) -> None:
+    """The class's saliency at the image's size over the image, its peak window outlined."""
+    receptive_field, stride = geometry
+    height, width = image.shape[:2]
+    unit = result["saliency_unit"][None, ..., class_index : class_index + 1]
+    saliency = saliency_to_input(unit, height, width, receptive_field, stride)
+    saliency = np.asarray(saliency)[0, ..., 0]
+    overlay = saliency_overlay(image.round().astype(np.uint8), saliency)
+    y0, x0, y1, x1 = result["peak"]["window"]
+    outline(overlay, y0, x0, y1, x1, WINDOW_COLOUR, thickness=max(1, receptive_field // 16))
+    if min(height, width) > 8 * receptive_field:  # a window lost in a large image: ring it
+        margin = max(receptive_field, min(height, width) // 32)
+        thickness = max(1, min(height, width) // 512)
+        outline(
+            overlay, y0 - margin, x0 - margin, y1 + margin, x1 + margin, WINDOW_COLOUR, thickness
+        )
+    temporary = path.with_name(f".tmp-{path.name}")
+    Image.fromarray(overlay).save(temporary, format="PNG")
+    os.replace(temporary, path)
+
+
+def predict_files(
+    model: ExportedModel,
+    images: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike | None = None,
+    tile_size: int = 1024,
+    progress: bool = False,
+) -> list[dict[str, Any]]:
+    """One record per image: its probabilities, peak saliency and overlay path."""
+    names = model.metadata["class_names"]
+    exact_tiling = has_local_cells(model.config)
+    if out_dir is not None:
+        out_dir = pathlib.Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+    records, used = [], set()
+    for image_path in images:
+        image = read_image(image_path)
+        result = predict_image(model, image, tile_size, progress)
+        if result["tiles"] > 1 and not exact_tiling:
+            logging.warning(
+                "%s: %d tiles, but this model normalizes over the whole input (instance "
+                "normalization), so tiled results approximate whole-image ones; raise "
+                "--tile_size to %d to process it in one piece.",
+                image_path,
+                result["tiles"],
+                max(image.shape[:2]),
+            )
+        best = int(np.argmax(result["probability"]))
+        result["peak"] = maximum_saliency(result["saliency_grid"], best, model.geometry)
+        record = {
+            "image": str(image_path),
+            "height": image.shape[0],
+            "width": image.shape[1],
+            "tiles": result["tiles"],
+            "probability": dict(zip(names, map(float, result["probability"]), strict=True)),
+            "max_saliency": {"class": names[best], **result["peak"]},
+        }
+        if out_dir is not None:
+            overlay = out_dir / _unique(f"{pathlib.Path(image_path).stem}_saliency.png", used)
+            write_overlay(overlay, image, result, best, model.geometry)
+            record["overlay"] = str(overlay)
+        records.append(record)
+    return records
+
+
+def _unique(name: str, used: set[str]) -> str:
+    """`name`, or name_2, name_3... when an earlier image of this run had the same stem."""
+    stem, suffix = name.rsplit(".", 1)
+    candidate, n = name, 1
+    while candidate in used:
+        n += 1
+        candidate = f"{stem}_{n}.{suffix}"
+    used.add(candidate)
+    return candidate
+
+
+def format_table(records: list[dict[str, Any]]) -> str:
+    names = list(records[0]["probability"]) if records else []
+    width = max([len("image"), *(len(r["image"]) for r in records)])
+    header = f"{'image':<{width}}  {'size':>11}  {'tiles':>5}" + "".join(
+        f"  {'p(' + n + ')':>12}" for n in names
+    )
+    lines = [header + "  max saliency (x, y)"]
+    for r in records:
+        peak = r["max_saliency"]
+        lines.append(
+            f"{r['image']:<{width}}  {r['width']:>5}x{r['height']:<5}  {r['tiles']:>5}"
+            + "".join(f"  {r['probability'][n]:>12.4f}" for n in names)
+            + f"  ({peak['x']:.0f}, {peak['y']:.0f})"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> None:
+    images = argv[1:]
+    if not images:
+        raise app.UsageError("Expected one or more image files after the flags.")
+    FLAGS = flags.FLAGS
+    if FLAGS.tile_size < 1:
+        raise app.UsageError(f"--tile_size={FLAGS.tile_size}: expected a positive pixel count.")
+    try:
+        records = predict_files(
+            load_exported(FLAGS.model),
+            images,
+            FLAGS.out_dir,
+            FLAGS.tile_size,
+            progress=not FLAGS.json,
+        )
+    except (ValueError, FileNotFoundError) as error:
+        raise app.UsageError(str(error)) from error
+    print(json.dumps(records, indent=2) if FLAGS.json else format_table(records))
+
+
+if __name__ == "__main__":
+    flags.DEFINE_string("model", None, "SavedModel directory or .keras file.", required=True)
+    flags.DEFINE_string("out_dir", None, "Write IMAGE_saliency.png overlays here.")
+    flags.DEFINE_bool("json", False, "Print JSON instead of a table.")
+    flags.DEFINE_integer("tile_size", 1024, "Largest tile side in pixels; larger images are tiled.")
+    app.run(main)

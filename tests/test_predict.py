@@ -1,0 +1,206 @@
+"""needles_tf.predict: exported models on users' images, tiled inference, overlays, bad input."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import re
+import subprocess
+import sys
+
+import keras
+import ml_collections
+import numpy as np
+import pytest
+import tifffile
+from absl import logging
+from conftest import tiny_bagnet_config
+from PIL import Image
+
+from needles_tf import export, predict
+from needles_tf.localization.tiling import Span, axis_spans, tiled_grid
+from needles_tf.models.factory import build_model
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+RECEPTIVE_FIELD, STRIDE = 9, 8
+
+
+def with_random_statistics(model: keras.Model, seed: int = 0) -> keras.Model:
+    """Batch-normalization moving statistics away from (0, 1), so that they matter."""
+    rng = np.random.default_rng(seed)
+    for layer in model._flatten_layers():
+        if isinstance(layer, keras.layers.BatchNormalization):
+            size = layer.moving_mean.shape
+            layer.moving_mean.assign(rng.normal(0.0, 0.2, size).astype("float32"))
+            layer.moving_variance.assign(rng.uniform(0.5, 1.5, size).astype("float32"))
+    return model
+
+
+def local_model(**fields) -> tuple[keras.Model, ml_collections.ConfigDict]:
+    config = tiny_bagnet_config(normalization="batch", **fields)
+    keras.utils.set_random_seed(1)
+    return with_random_statistics(build_model(config)), config
+
+
+def test_axis_spans_cover_every_cell_once_with_receptive_field_overlap():
+    # (100 - 9) // 8 + 1 = 12 cells; a 40-pixel tile holds (40 - 9) // 8 + 1 = 4 of them.
+    assert axis_spans(100, 40, RECEPTIVE_FIELD, STRIDE) == [
+        Span(0, 33, 0, 4),
+        Span(32, 65, 4, 4),
+        Span(64, 97, 8, 4),
+    ]
+    assert axis_spans(50, 40, RECEPTIVE_FIELD, STRIDE) == [Span(0, 33, 0, 4), Span(32, 49, 4, 2)]
+    with pytest.raises(ValueError, match="tile_size=8: expected at least the receptive field, 9"):
+        axis_spans(100, 8, RECEPTIVE_FIELD, STRIDE)
+
+
+@pytest.mark.parametrize(
+    "head, pooling, pooling_kwargs",
+    [
+        ("embedding", "max", {}),
+        ("embedding", "mean", {}),
+        ("embedding", "lse", {}),
+        ("embedding", "lse_r", {"r": 2.0}),
+        ("instance", "lse_lba", {"r0": 5.0}),
+        ("embedding", "attention", {}),
+    ],
+)
+def test_tiled_inference_equals_whole_image_inference(head, pooling, pooling_kwargs):
+    model, config = local_model(head=head, pooling=pooling, pooling_kwargs=pooling_kwargs)
+    image = np.random.default_rng(2).uniform(0, 255, (150, 190, 1)).astype("float32")
+    whole = model(image[None], training=False)
+    features, head = export.split_at_embedding(model, config)
+
+    grid, tiles = tiled_grid(
+        lambda x: features(x, training=False), image, 48, RECEPTIVE_FIELD, STRIDE
+    )
+    tiled = head(grid, training=False)
+
+    assert tiles == 4 * 5
+    for name in ("saliency", "logits", "probability"):  # logits: unsaturated, so telling
+        np.testing.assert_allclose(tiled[name], whole[name], rtol=1e-5, atol=1e-6)
+
+
+def test_tiles_that_disagree_with_the_geometry_are_an_error():
+    def coarse_features(images):
+        return np.zeros((1, 2, 2, 4), np.float32)
+
+    image = np.zeros((100, 100, 1), np.float32)
+    with pytest.raises(RuntimeError, match="does not have receptive field 9, stride 8"):
+        tiled_grid(coarse_features, image, 40, RECEPTIVE_FIELD, STRIDE)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A tiny batch-normalized instance-head model, exported as SavedModel and .keras."""
+    model, model_config = local_model(head="instance", pooling="lse_lba", pooling_kwargs={"r0": 5})
+    config = ml_collections.ConfigDict({"model": model_config, "dataset": "nmnist/canvas_64"})
+    run = tmp_path_factory.mktemp("run")
+    saved_model = export.export_model(model, config, run, class_names=["present"])
+    return model, saved_model, run / export.KERAS_FILE
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """A mid-size PNG (grey), JPEG (colour) and 16-bit TIFF, and the pixels the model sees."""
+    folder = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(3)
+    grey = rng.integers(0, 256, (150, 190), dtype=np.uint8)
+    Image.fromarray(grey).save(folder / "grey.png")
+    colour = rng.integers(0, 256, (120, 100, 3), dtype=np.uint8)
+    Image.fromarray(colour).save(folder / "colour.jpg", quality=95)
+    deep = rng.integers(0, 65536, (90, 130), dtype=np.uint16)
+    tifffile.imwrite(folder / "deep.tif", deep)
+    return folder, {"grey.png": grey, "deep.tif": deep}
+
+
+def test_read_image_scales_to_model_range(images):
+    folder, pixels = images
+    grey = predict.read_image(folder / "grey.png")
+    assert grey.shape == (150, 190, 1) and grey.dtype == np.float32
+    np.testing.assert_array_equal(grey[..., 0], pixels["grey.png"])
+    np.testing.assert_allclose(
+        predict.read_image(folder / "deep.tif")[..., 0], pixels["deep.tif"] / 257
+    )
+    assert predict.read_image(folder / "colour.jpg").shape == (120, 100, 3)
+
+
+@pytest.mark.parametrize("artefact", ["saved_model", "keras"])
+def test_exported_models_tiled_match_keras_whole_image(exported, images, artefact):
+    model, saved_model, keras_file = exported
+    _, pixels = images
+    loaded = predict.load_exported(saved_model if artefact == "saved_model" else keras_file)
+    image = pixels["grey.png"][..., None].astype("float32")
+    whole = model(image[None], training=False)
+
+    for tile_size in (1024, 48):
+        result = predict.predict_image(loaded, image, tile_size)
+        assert result["tiles"] == (1 if tile_size == 1024 else 20)
+        np.testing.assert_allclose(result["probability"], whole["probability"][0], atol=1e-6)
+        np.testing.assert_allclose(
+            result["saliency_grid"], whole["saliency"][0], rtol=1e-5, atol=1e-6
+        )
+        # The instance head's map is already in [0, 1]: its instance probabilities, as they are.
+        np.testing.assert_allclose(result["saliency_unit"], whole["saliency"][0], atol=1e-6)
+
+
+def test_maximum_saliency_names_the_peak_window():
+    grid = np.zeros((4, 5, 1), np.float32)
+    grid[2, 3, 0] = 7.0
+    peak = predict.maximum_saliency(grid, 0, (9, 8))
+    assert peak == {"x": 28.5, "y": 20.5, "window": [16, 24, 25, 33], "value": 7.0}
+
+
+def test_command_line_json_and_overlays(exported, images, tmp_path):
+    _, saved_model, _ = exported
+    folder, _ = images
+    files = [str(folder / name) for name in ("grey.png", "colour.jpg", "deep.tif")]
+    out = tmp_path / "overlays"
+    command = [sys.executable, "-m", "needles_tf.predict", f"--model={saved_model}", "--json"]
+    result = subprocess.run(
+        [*command, f"--out_dir={out}", "--tile_size=64", *files],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = json.loads(result.stdout)
+    assert [r["image"] for r in records] == files
+    assert [r["tiles"] for r in records] == [3 * 4, 2 * 2, 2 * 3]  # 7 cells per 64-pixel tile
+    for record in records:
+        assert set(record["probability"]) == {"present"}
+        assert 0.0 <= record["probability"]["present"] <= 1.0
+        overlay = np.asarray(Image.open(record["overlay"]))
+        assert overlay.shape == (record["height"], record["width"], 3)
+        y0, x0, _, _ = record["max_saliency"]["window"]
+        np.testing.assert_array_equal(overlay[y0, x0], predict.WINDOW_COLOUR)
+
+
+def test_instance_normalization_tiling_warns(tmp_path, monkeypatch):
+    config = tiny_bagnet_config()  # instance normalization: statistics of the whole input
+    metadata = export.model_metadata(ml_collections.ConfigDict({"model": config}))
+    model = predict.keras_model_parts(build_model(config), metadata)
+    Image.fromarray(np.zeros((100, 80), np.uint8)).save(tmp_path / "a.png")
+    warnings = []
+    monkeypatch.setattr(logging, "warning", lambda message, *args: warnings.append(message % args))
+    predict.predict_files(model, [tmp_path / "a.png"], tile_size=40)
+    assert len(warnings) == 1 and "approximate whole-image ones" in warnings[0]
+
+
+def test_bad_inputs_name_the_file(tmp_path, exported):
+    _, saved_model, _ = exported
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_text("not an image")
+    with pytest.raises(ValueError, match=re.escape("corrupt.png: not a readable PNG")):
+        predict.read_image(corrupt)
+    with pytest.raises(FileNotFoundError, match=re.escape("missing.png: no such image file")):
+        predict.read_image(tmp_path / "missing.png")
+    tifffile.imwrite(tmp_path / "float.tif", np.zeros((20, 20), np.float32))
+    with pytest.raises(ValueError, match=re.escape("float.tif: float32 pixels; expected 8-")):
+        predict.read_image(tmp_path / "float.tif")
+    with pytest.raises(ValueError, match=re.escape("no readable needles_tf.json")):
+        predict.load_exported(tmp_path)
+    loaded = predict.load_exported(saved_model)
+    with pytest.raises(ValueError, match=r"image of 5x40 pixels: expected at least .* 9x9"):
+        predict.predict_image(loaded, np.zeros((5, 40, 1), np.float32), 1024)
