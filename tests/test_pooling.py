@@ -148,7 +148,7 @@ def test_poolings_compute_in_float32_under_mixed_precision():
 def test_mean_logsumexp_never_exceeds_the_maximum(name, kwargs, size):
     """Rounding once gave 1.0000001 for a probability map (float32 log of a sum of exps)."""
     rng = np.random.default_rng(size)
-    s = np.concatenate(
-        [np.ones((1, size, size, 1)), rng.uniform(0, 1, (3, size, size, 1))]
-    ).astype(np.float32)
+    s = np.concatenate([np.ones((1, size, size, 1)), rng.uniform(0, 1, (3, size, size, 1))]).astype(
+        np.float32
+    )
     assert np.all(pool(name, s, **kwargs) <= s.max(axis=(1, 2)))
