@@ -8,7 +8,8 @@ localization AP of paper 000 App. C.4, continuous DICE, IoBB accuracy at each
 --tau, PxAP and the pointing game), DIR/eval/precision_recall.png and
 DIR/eval/overlays.png (true/false positives/negatives, like paper 000 Fig. 16),
 and prints a table. Localization needs boxes (`needle_bbox`) in the dataset;
-PxAP needs masks (`needle_mask`); what a dataset lacks is skipped with the reason.
+PxAP needs masks (`needle_mask` or `lesion_mask`); what a dataset lacks is skipped
+with the reason.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from matplotlib import pyplot as plt
 NATIVE_MAP = {"instance": "instance", "embedding": "cam"}  # head -> its own saliency method
 OUTCOMES = ("TP", "FP", "FN", "TN")
 GALLERY_PER_OUTCOME = 6
+MASK_FEATURES = {"needle_mask", "lesion_mask"}  # nMNIST's and nCAMELYON's object pixels
 
 
 def _unit(name: str, saliency: np.ndarray) -> np.ndarray:
@@ -79,8 +81,8 @@ def evaluate(
         labels.append(np.asarray(batch["label"], np.float32).reshape(len(images), -1))
         probabilities.append(probability)
         boxes.extend(batch.get("needle_bbox", [None] * len(images)))
-        if "needle_mask" in batch:
-            masks.extend(batch["needle_mask"][..., 0] > 0)
+        for feature in MASK_FEATURES & batch.keys():
+            masks.extend(batch[feature][..., 0] > 0)
         for name, fn in method_fns.items():
             maps[name].extend(np.asarray(fn(model, images, geometry=geometry), np.float32))
         start = len(boxes) - len(images)
@@ -138,7 +140,7 @@ def _localization(name, maps, boxes, masks, taus, alpha) -> dict[str, Any]:
     if masks:
         result["pxap"] = metrics.pixel_average_precision(maps, masks)
     else:
-        result["pxap"] = "skipped: the dataset has no needle_mask feature"
+        result["pxap"] = "skipped: the dataset has no needle_mask or lesion_mask feature"
     return result
 
 
