@@ -119,7 +119,7 @@ def resolved_config() -> ml_collections.ConfigDict:
 def _config_module_attribute(name: str):
     """An attribute of the --config file's module (e.g. its apply_preset)."""
     path = flags.FLAGS["config"].config_filename
-    namespace: dict[str, Any] = {"__name__": "needles_tf_config"}
+    namespace: dict[str, Any] = {"__name__": "needles_tf_config", "__file__": path}
     exec(compile(pathlib.Path(path).read_text(), path, "exec"), namespace)
     if name not in namespace:
         raise app.UsageError(f"--preset: the config file {path} defines no {name}().")

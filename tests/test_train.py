@@ -283,6 +283,14 @@ def test_command_line_rejects_bad_flags_at_once(tmp_path):
     assert "--pooling=median" in result.stderr and "lse_lba" in result.stderr
     result = run_cli("--width=-2", "--preset=cpu_quick", f"--model_dir={tmp_path}")
     assert result.returncode != 0 and "--width=-2.0: expected a positive" in result.stderr
+    # A config file that reads its own path (configs/ncamelyon.py builds on nmnist.py).
+    result = run_cli(
+        "--config=configs/ncamelyon.py",
+        "--preset=cpu_quick",
+        "--width=-2",
+        f"--model_dir={tmp_path}",
+    )
+    assert result.returncode != 0 and "--width=-2.0: expected a positive" in result.stderr
     result = run_cli("--preset=gpu_huge", f"--model_dir={tmp_path}")
     assert result.returncode != 0 and "--preset='gpu_huge': expected one of" in result.stderr
     assert not any(tmp_path.iterdir())
