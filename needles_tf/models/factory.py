@@ -1,8 +1,9 @@
 """build_model(config): image -> extractor -> MIL head -> named outputs.
 
 `config` is an ml_collections ConfigDict (see configs/) with the fields
-  extractor: name in EXTRACTORS ("bagnet"; the multi-resolution extractor of
-    paper 004 registers here too),
+  extractor: name in EXTRACTORS: "bagnet" (paper 000), or "multires" (paper 004,
+    needles_tf/models/multires.py, with levels, saliency_stride, growth_rate and
+    dense_layers; width scales its channels),
   receptive_field, width: the BagNet receptive field (9, 33, 177) and capacity s,
   normalization, zero_init_residual: "instance" (paper 000) or "batch", and
     whether each residual block's last normalization starts at gamma = 0,
@@ -25,6 +26,7 @@ from keras import ops
 
 from needles_tf.models.bagnet import build_bagnet
 from needles_tf.models.heads import HEADS
+from needles_tf.models.multires import build_multires
 from needles_tf.models.precision import resolve_dtype_policy
 
 EXTRACTORS: dict[str, Callable[..., keras.Model]] = {
@@ -36,11 +38,23 @@ EXTRACTORS: dict[str, Callable[..., keras.Model]] = {
         normalization=config.get("normalization", "instance"),
         zero_init_residual=config.get("zero_init_residual", False),
     ),
+    "multires": lambda config, dtype: build_multires(
+        config.input_channels,
+        levels=config.get("levels", 3),
+        saliency_stride=config.get("saliency_stride", 8),
+        width=config.get("width", 1.0),
+        growth_rate=config.get("growth_rate", 16),
+        dense_layers=config.get("dense_layers", 2),
+        normalization=config.get("normalization", "batch"),
+        dtype=dtype,
+    ),
 }
 
 # Extractor -> (receptive field, output stride) of one saliency grid cell, for upsampling.
 GEOMETRY: dict[str, Callable[..., tuple[int, int]]] = {
     "bagnet": lambda config: (int(config.receptive_field), 8),
+    # "same" padding: cell i is centred on [s·i, s·i + s); its context is far wider.
+    "multires": lambda config: (int(config.get("saliency_stride", 8)),) * 2,
 }
 
 
@@ -48,6 +62,7 @@ GEOMETRY: dict[str, Callable[..., tuple[int, int]]] = {
 # tiled inference equals whole-image inference (instance normalization sees the whole input).
 LOCAL_CELLS: dict[str, Callable[..., bool]] = {
     "bagnet": lambda config: config.get("normalization", "instance") == "batch",
+    "multires": lambda config: False,  # coarse levels see far beyond any tile
 }
 
 
