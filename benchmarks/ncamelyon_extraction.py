@@ -11,7 +11,6 @@ Apache Beam pipeline on the DirectRunner (--direct_num_workers processes).
 
 from __future__ import annotations
 
-import importlib.util
 import pathlib
 import tempfile
 import time
@@ -20,6 +19,7 @@ import apache_beam as beam
 import tensorflow_datasets as tfds
 from absl import app, flags, logging
 
+from tfds_builders.dummy_data import load_script
 from tfds_builders.ncamelyon import ncamelyon_dataset_builder
 
 _MANUAL_DIR = flags.DEFINE_string("manual_dir", None, "CAMELYON17 (default: a miniature).")
@@ -36,10 +36,7 @@ def _miniature(folder: str) -> pathlib.Path:
         / "dummy_data"
         / "make_dummy_camelyon.py"
     )
-    spec = importlib.util.spec_from_file_location("make_dummy_camelyon", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.make_miniature(folder)
+    return load_script(script).make_miniature(folder)
 
 
 def main(argv: list[str]) -> None:

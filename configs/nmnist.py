@@ -68,10 +68,12 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     return config
 
 
-def apply_preset(config: ml_collections.ConfigDict, preset: str) -> None:
-    if preset not in PRESETS:
-        raise ValueError(f"--preset={preset!r}: expected one of {sorted(PRESETS)}.")
-    for path, value in PRESETS[preset].items():
+def apply_preset(config: ml_collections.ConfigDict, preset: str, presets=None) -> None:
+    """Sets the fields of `presets[preset]` (default: this file's PRESETS)."""
+    presets = PRESETS if presets is None else presets
+    if preset not in presets:
+        raise ValueError(f"--preset={preset!r}: expected one of {sorted(presets)}.")
+    for path, value in presets[preset].items():
         *parents, leaf = path.split(".")
         node = config
         for parent in parents:

@@ -9,7 +9,9 @@ localization AP of paper 000 App. C.4, continuous DICE, IoBB accuracy at each
 DIR/eval/overlays.png (true/false positives/negatives, like paper 000 Fig. 16),
 and prints a table. Localization needs boxes (`needle_bbox`) in the dataset;
 PxAP needs masks (`needle_mask` or `lesion_mask`); what a dataset lacks is skipped
-with the reason.
+with the reason. Multi-label datasets with per-finding boxes (`bboxes`, ChestX-ray14)
+get AUC per finding and, per finding with boxes, the continuous DICE and IoBB
+accuracy at each --tau (paper 004 Tables 2-3).
 """
 
 from __future__ import annotations
@@ -22,11 +24,13 @@ from typing import Any
 import keras
 import matplotlib
 import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
 from absl import app, flags, logging
 
 from needles_tf import export, metrics
 from needles_tf.checkpointing import atomic_write_text
-from needles_tf.data import load
+from needles_tf.data import load, pipeline
 from needles_tf.localization.methods import get_saliency_method
 from needles_tf.models.factory import saliency_geometry
 from needles_tf.plots import saliency_overlay
@@ -66,6 +70,15 @@ def evaluate(
     data = load(config.dataset, split, data_dir=data_dir)
     if max_examples:
         data = data.take(max_examples)
+    if "bboxes" in data.element_spec:  # multi-label with per-finding boxes (ChestX-ray14)
+        results = _evaluate_findings(
+            model, config, data, split, method_fns, geometry, batch_size, taus, alpha, data_dir
+        )
+        out = model_dir / "eval"
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "metrics.json", json.dumps(results, indent=2))
+        print(_findings_table(results))
+        return results
 
     labels, probabilities, boxes, masks = [], [], [], []
     gallery: dict[str, list] = {outcome: [] for outcome in OUTCOMES}  # what overlays.png shows
@@ -118,6 +131,98 @@ def evaluate(
     _plot_overlays(gallery, maps[first], boxes, first, out / "overlays.png")
     print(_table(results))
     return results
+
+
+MAX_BOXES = 16  # boxes per image kept for multi-label localization (ChestX-ray14 has <= 3)
+
+
+def _evaluate_findings(
+    model, config, data, split, method_fns, geometry, batch_size, taus, alpha, data_dir
+) -> dict[str, Any]:
+    """Multi-label evaluation (paper 004 Tables 2-3): AUC per finding, and per finding with
+    boxes, the continuous DICE of its saliency map against the union of its boxes and the
+    IoBB accuracy at each tau, over the images that have such a box."""
+    classes = int(config.model.num_classes)
+    names = pipeline.class_names(tfds.builder(config.dataset, data_dir=data_dir))
+
+    def prepare(example):
+        image, label = pipeline.to_example(example, classes)
+        boxes = example["bboxes"]["bbox"][:MAX_BOXES]
+        finding = tf.cast(example["bboxes"]["label"][:MAX_BOXES], tf.int32)
+        pad = MAX_BOXES - tf.shape(finding)[0]
+        boxes = tf.pad(boxes, [[0, pad], [0, 0]])
+        finding = tf.pad(finding, [[0, pad]], constant_values=-1)
+        return image, label, boxes, finding
+
+    labels, probabilities = [], []
+    dice = {name: {} for name in method_fns}
+    hits = {name: {} for name in method_fns}
+    batches = data.map(prepare).batch(batch_size)
+    count = int(batches.cardinality())
+    bar = keras.utils.Progbar(
+        count if count >= 0 else None, verbose=1 if sys.stdout.isatty() else 2, unit_name="batch"
+    )
+    for images, label, boxes, finding in batches.as_numpy_iterator():
+        images = images.astype(np.float32)
+        labels.append(label)
+        probabilities.append(np.asarray(model.predict_on_batch(images)["probability"]))
+        for k in np.unique(finding[finding >= 0]):
+            rows = np.nonzero((finding == k).any(axis=1))[0]
+            for name, fn in method_fns.items():
+                maps = np.asarray(fn(model, images[rows], geometry=geometry, k=int(k)))
+                for row, saliency in zip(rows, maps, strict=True):
+                    unit = _unit(name, saliency)
+                    own = boxes[row][finding[row] == k]
+                    truth = np.max([metrics.box_mask(b, *unit.shape) for b in own], axis=0)
+                    dice[name].setdefault(names[k], []).append(metrics.continuous_dice(unit, truth))
+                    for tau in taus:
+                        hit = any(metrics.iobb_hit(unit, b, tau, alpha) for b in own)
+                        hits[name].setdefault((names[k], tau), []).append(hit)
+        bar.add(1)
+    labels, probabilities = np.concatenate(labels), np.concatenate(probabilities)
+    auc = metrics.roc_auc(labels, probabilities)
+    return {
+        "split": split,
+        "examples": len(labels),
+        "classification": {
+            "accuracy": metrics.accuracy(labels, probabilities),
+            "auc": {
+                **{names[k]: auc[f"class_{k}"] for k in range(classes) if f"class_{k}" in auc},
+                "mean": auc["mean"],
+            },
+        },
+        "localization": {
+            name: {
+                finding: {
+                    "images": len(values),
+                    "dice": float(np.mean(values)),
+                    **{
+                        f"iobb_accuracy@tau={tau}": float(np.mean(hits[name][(finding, tau)]))
+                        for tau in taus
+                    },
+                }
+                for finding, values in dice[name].items()
+            }
+            for name in method_fns
+        },
+    }
+
+
+def _findings_table(results: dict[str, Any]) -> str:
+    classification = results["classification"]
+    lines = [
+        f"{results['split']}: {results['examples']} images, label accuracy "
+        f"{classification['accuracy']:.4f}, mean AUC {classification['auc']['mean']:.4f}"
+    ]
+    for name, findings in results["localization"].items():
+        lines.append(f"{name}: finding, AUC, images with boxes, DICE, IoBB accuracy per tau")
+        for finding, values in sorted(findings.items()):
+            iobb = "  ".join(f"{v:.3f}" for k, v in values.items() if k.startswith("iobb"))
+            auc = classification["auc"].get(finding, float("nan"))
+            lines.append(
+                f"  {finding:<20} {auc:.4f} {values['images']:>5} {values['dice']:.4f}  {iobb}"
+            )
+    return "\n".join(lines)
 
 
 def _localization(name, maps, boxes, masks, taus, alpha) -> dict[str, Any]:

@@ -156,6 +156,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             f"one of {sorted(OPTIMIZERS)}",
         ),
         (config.epochs >= 1, "--epochs", config.epochs, "at least 1"),
+        (
+            config.get("best_metric", "accuracy") in ("accuracy", "auc"),
+            "--config.best_metric",
+            config.get("best_metric"),
+            "'accuracy' or 'auc' (the validation metric whose best epoch is kept)",
+        ),
         (config.batch_size >= 1, "--batch_size", config.batch_size, "at least 1"),
         (config.train_size >= 0, "--train_size", config.train_size, "0 (whole split) or more"),
         (
@@ -327,6 +333,8 @@ def train(
                 data.steps_per_epoch,
                 config.checkpoint_every_steps,
                 is_chief=chief,
+                # "accuracy" (paper 000) or "auc": the mean over classes (paper 004 §4.2).
+                monitor=f"val_{config.get('best_metric', 'accuracy')}",
             ),
             keras.callbacks.TensorBoard(log_dir=str(model_dir / "tensorboard")),
             *extra_callbacks,
@@ -375,6 +383,7 @@ def _datasets(config, data_dir: str | None, manual_dir: str | None) -> pipeline.
         config.seed,
         data_dir,
         classes,
+        augmentation=config.augmentation.to_dict() if config.get("augmentation") else None,
     )
     validation, test = (
         pipeline.evaluation_batches(config.dataset, split, config.batch_size, data_dir, classes)

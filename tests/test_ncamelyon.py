@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import pathlib
 import re
 import runpy
@@ -16,6 +15,7 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 from skimage import measure
 
+from tfds_builders.dummy_data import load_script
 from tfds_builders.ncamelyon import (
     annotations,
     layout,
@@ -36,10 +36,7 @@ SIZE, LOW, HIGH = 128, 0.01, 0.10
 
 
 def make_miniature(root: pathlib.Path) -> pathlib.Path:
-    spec = importlib.util.spec_from_file_location("make_dummy_camelyon", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.make_miniature(root)
+    return load_script(SCRIPT).make_miniature(root)
 
 
 def build(manual_dir, data_dir, config=CONFIG, beam_options=None, **kwargs):

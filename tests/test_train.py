@@ -255,6 +255,7 @@ def test_nan_loss_stops_with_a_clear_message(tmp_path):
         ),
         ({"positive_fraction": 1.5}, r"--positive_fraction=1.5"),
         ({"model.receptive_field": 17}, r"--rf=17: expected one of"),
+        ({"best_metric": "loss"}, r"--config.best_metric=.loss.: expected .accuracy. or .auc."),
     ],
 )
 def test_bad_config_values_name_the_flag(fields, message):

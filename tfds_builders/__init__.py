@@ -4,6 +4,6 @@ Importing this package registers them with TFDS, so that for example
 `tfds.load("nmnist/canvas_256")` works. Builders never import `needles_tf`.
 """
 
-from tfds_builders import ncamelyon, nmnist
+from tfds_builders import cxr14, ncamelyon, nmnist
 
-__all__ = ["ncamelyon", "nmnist"]
+__all__ = ["cxr14", "ncamelyon", "nmnist"]

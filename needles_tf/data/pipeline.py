@@ -7,6 +7,7 @@ import dataclasses
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from needles_tf.data.augment import augment_batches
 from needles_tf.data.subsets import load
 
 CACHE_BYTES = 2 * 2**30  # decoded splits up to this size are kept in memory after one pass
@@ -41,9 +42,16 @@ def ensure_built(
 
 
 def to_example(example: dict, num_classes: int) -> tuple[tf.Tensor, tf.Tensor]:
-    """(image uint8 (H, W, C), label float32 (K,)); a scalar class label becomes (1,)."""
-    label = tf.cast(example["label"], tf.float32)
-    label = tf.reshape(label, [num_classes])
+    """(image uint8 (H, W, C), label float32 (K,)).
+
+    A scalar class label becomes (1,); a list of class indices (a TFDS Sequence of
+    ClassLabel, e.g. ChestX-ray14's findings) becomes multi-hot.
+    """
+    label = example["label"]
+    if label.shape.rank == 1 and label.shape[0] != num_classes:  # class indices, any count
+        label = tf.reduce_max(tf.one_hot(label, num_classes), axis=0, keepdims=False)
+        label = tf.maximum(label, tf.zeros([num_classes]))  # no findings: all zero, not -inf
+    label = tf.reshape(tf.cast(label, tf.float32), [num_classes])
     return example["image"], label
 
 
@@ -56,8 +64,12 @@ def training_stream(
     seed: int,
     data_dir: str | None,
     num_classes: int,
+    augmentation: dict | None = None,
 ) -> tuple[tf.data.Dataset, int]:
     """An endless, deterministic stream of training batches and the batches per epoch.
+
+    `augmentation`: arguments of needles_tf.data.augment.augment_batches (zoom,
+    translate_pixels, rotate_degrees), or None for none.
 
     Each pass over the split is shuffled anew from `seed`, so the k-th batch is
     the same in every run: resuming at global step k is `stream.skip(k)`.
@@ -83,6 +95,8 @@ def training_stream(
     buffer = min(examples, SHUFFLE_BUFFER)
     data = data.shuffle(buffer, seed=seed, reshuffle_each_iteration=True).repeat()
     data = data.batch(batch_size, drop_remainder=True)
+    if augmentation:
+        data = augment_batches(data, seed, **augmentation)
     return _shard_by_data(data.prefetch(tf.data.AUTOTUNE)), examples // batch_size
 
 
@@ -113,11 +127,14 @@ def _decoded_bytes(data: tf.data.Dataset, examples: int) -> float:
 
 
 def class_count(builder: tfds.core.DatasetBuilder) -> int:
-    """K sigmoid outputs: 1 for a two-class label, the class count for a multi-hot label."""
+    """K sigmoid outputs: 1 for a two-class label, the class count for a multi-label one."""
     feature = builder.info.features["label"]
-    classes = feature.num_classes if hasattr(feature, "num_classes") else None
-    if classes is None:  # multi-hot tensor or sequence of class labels
+    inner = getattr(feature, "feature", None)  # a Sequence of ClassLabel: multi-label
+    classes = getattr(feature, "num_classes", None) or getattr(inner, "num_classes", None)
+    if classes is None:  # a multi-hot tensor
         classes = int(feature.shape[-1])
+    if inner is not None:
+        return int(classes)
     return 1 if classes == 2 else int(classes)
 
 
@@ -128,4 +145,4 @@ def class_names(builder: tfds.core.DatasetBuilder) -> tuple[str, ...]:
     names = getattr(feature, "names", None) or getattr(inner, "names", None)
     if not names:
         return tuple(f"class_{k}" for k in range(class_count(builder)))
-    return (names[1],) if len(names) == 2 else tuple(names)
+    return (names[1],) if len(names) == 2 and inner is None else tuple(names)

@@ -1,0 +1,5 @@
+"""NIH ChestX-ray14 for paper 004's multi-resolution model: 14 findings, multi-label."""
+
+from .cxr14_dataset_builder import Builder
+
+__all__ = ["Builder"]
