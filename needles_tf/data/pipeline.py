@@ -95,7 +95,7 @@ def training_stream(
     buffer = min(examples, SHUFFLE_BUFFER)
     data = data.shuffle(buffer, seed=seed, reshuffle_each_iteration=True).repeat()
     data = data.batch(batch_size, drop_remainder=True)
-    if augmentation:
+    if augmentation and any(augmentation.values()):  # all zero: no warp at all
         data = augment_batches(data, seed, **augmentation)
     return _shard_by_data(data.prefetch(tf.data.AUTOTUNE)), examples // batch_size
 
