@@ -74,9 +74,7 @@ def evaluate(
         results = _evaluate_findings(
             model, config, data, split, method_fns, geometry, batch_size, taus, alpha, data_dir
         )
-        out = model_dir / "eval"
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "metrics.json", json.dumps(results, indent=2))
+        _write_metrics(model_dir, results)
         print(_findings_table(results))
         return results
 
@@ -84,10 +82,7 @@ def evaluate(
     gallery: dict[str, list] = {outcome: [] for outcome in OUTCOMES}  # what overlays.png shows
     maps: dict[str, list[np.ndarray]] = {name: [] for name in methods}
     batches = data.batch(batch_size)
-    count = int(batches.cardinality())  # negative when unknown
-    bar = keras.utils.Progbar(
-        count if count >= 0 else None, verbose=1 if sys.stdout.isatty() else 2, unit_name="batch"
-    )
+    bar = _progress_bar(batches)
     for batch in batches.as_numpy_iterator():
         images = batch["image"].astype(np.float32)
         probability = np.asarray(model.predict_on_batch(images)["probability"])
@@ -122,15 +117,29 @@ def evaluate(
         results["localization"] = {
             name: _localization(name, maps[name], boxes, masks, taus, alpha) for name in methods
         }
-    out = model_dir / "eval"
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "metrics.json", json.dumps(results, indent=2))
+    out = _write_metrics(model_dir, results)
     if isinstance(results["localization"], dict):
         _plot_precision_recall(maps, boxes, out / "precision_recall.png")
     first = methods[0]
     _plot_overlays(gallery, maps[first], boxes, first, out / "overlays.png")
     print(_table(results))
     return results
+
+
+def _progress_bar(batches) -> keras.utils.Progbar:
+    """A Keras progress bar over `batches`: redrawn on a terminal, one line at the end otherwise."""
+    count = int(batches.cardinality())  # negative when unknown
+    return keras.utils.Progbar(
+        count if count >= 0 else None, verbose=1 if sys.stdout.isatty() else 2, unit_name="batch"
+    )
+
+
+def _write_metrics(model_dir: pathlib.Path, results: dict[str, Any]) -> pathlib.Path:
+    """Writes DIR/eval/metrics.json atomically; returns DIR/eval."""
+    out = model_dir / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "metrics.json", json.dumps(results, indent=2))
+    return out
 
 
 MAX_BOXES = 16  # boxes per image kept for multi-label localization (ChestX-ray14 has <= 3)
@@ -158,10 +167,7 @@ def _evaluate_findings(
     dice = {name: {} for name in method_fns}
     hits = {name: {} for name in method_fns}
     batches = data.map(prepare).batch(batch_size)
-    count = int(batches.cardinality())
-    bar = keras.utils.Progbar(
-        count if count >= 0 else None, verbose=1 if sys.stdout.isatty() else 2, unit_name="batch"
-    )
+    bar = _progress_bar(batches)
     for images, label, boxes, finding in batches.as_numpy_iterator():
         images = images.astype(np.float32)
         labels.append(label)

@@ -49,8 +49,7 @@ def to_example(example: dict, num_classes: int) -> tuple[tf.Tensor, tf.Tensor]:
     """
     label = example["label"]
     if label.shape.rank == 1 and label.shape[0] != num_classes:  # class indices, any count
-        label = tf.reduce_max(tf.one_hot(label, num_classes), axis=0, keepdims=False)
-        label = tf.maximum(label, tf.zeros([num_classes]))  # no findings: all zero, not -inf
+        label = tf.minimum(tf.reduce_sum(tf.one_hot(label, num_classes), axis=0), 1.0)
     label = tf.reshape(tf.cast(label, tf.float32), [num_classes])
     return example["image"], label
 

@@ -105,3 +105,11 @@ class InstanceNormalization(keras.layers.Layer):
             "epsilon": self.epsilon,
             "gamma_initializer": keras.initializers.serialize(self.gamma_initializer),
         }
+
+
+# Name -> normalization layer constructor of the extractors: instance (paper 000 §2.2, statistics
+# of each input) or batch (BagNet's and paper 004's own; per-position at inference).
+NORMALIZATIONS = {
+    "instance": InstanceNormalization,
+    "batch": lambda **kwargs: keras.layers.BatchNormalization(epsilon=1e-5, **kwargs),
+}

@@ -15,7 +15,7 @@ from __future__ import annotations
 import keras
 
 from needles_tf.layers.cropping import CropBorder
-from needles_tf.layers.normalization import InstanceNormalization
+from needles_tf.layers.normalization import NORMALIZATIONS
 
 STAGE_PLANES = (64, 128, 256, 512)
 STAGE_BLOCKS = (3, 4, 6, 3)
@@ -24,11 +24,6 @@ EXPANSION = 4
 WIDEN_1X1 = 2.5
 # Receptive field -> how many leading blocks of each stage use a 3x3 convolution.
 THREE_BY_THREE_BLOCKS = {9: (1, 1, 0, 0), 33: (1, 1, 1, 1), 177: (3, 4, 6, 3)}
-# Paper 000 uses instance normalization (batches are small); batch normalization is BagNet's own.
-NORMALIZATIONS = {
-    "instance": InstanceNormalization,
-    "batch": lambda **kwargs: keras.layers.BatchNormalization(epsilon=1e-5, **kwargs),
-}
 
 
 def build_bagnet(

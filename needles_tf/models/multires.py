@@ -20,12 +20,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from needles_tf.layers.normalization import InstanceNormalization
-
-NORMALIZATIONS = {
-    "batch": lambda **kwargs: keras.layers.BatchNormalization(epsilon=1e-5, **kwargs),
-    "instance": InstanceNormalization,
-}
+from needles_tf.layers.normalization import NORMALIZATIONS
 
 
 @keras.saving.register_keras_serializable(package="needles_tf")
