@@ -1,4 +1,4 @@
-r"""The multi-resolution model of paper 004 at 512x512: parameters and training images/s.
+r"""The multi-resolution model of Yao et al. 2018 at 512x512: parameters and training images/s.
 
     python benchmarks/multires_throughput.py [--widths=1.0,0.25] [--batch=4] [--steps=4]
 

@@ -1,4 +1,4 @@
-"""Paper 004: multi-resolution ResNet/DenseNet fusion, instance head, LSE-LBA, ChestX-ray14.
+"""Yao et al. 2018: multi-resolution ResNet/DenseNet fusion, instance head, LSE-LBA, ChestX-ray14.
 
     python -m needles_tf.train --config=configs/multires.py --tfds_manual_dir=CHESTXRAY14
     python -m needles_tf.train --config=configs/multires.py --config.model.pooling_kwargs.r0=10

@@ -1,4 +1,4 @@
-"""nCAMELYON experiments (paper 000 §3, App. A.2): BagNet on RGB crops of lymph-node slides.
+"""nCAMELYON experiments (Pawlowski et al. 2019, §3, App. A.2): BagNet on RGB crops of slides.
 
     python -m needles_tf.train --config=configs/ncamelyon.py --tfds_manual_dir=CAMELYON17
     python -m needles_tf.train --config=configs/ncamelyon.py \

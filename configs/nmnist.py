@@ -1,4 +1,4 @@
-"""nMNIST experiments (paper 000 §3): BagNet extractor, global pooling, binary task.
+"""nMNIST experiments (Pawlowski et al. 2019 §3): BagNet extractor, global pooling, binary task.
 
     python -m needles_tf.train --config=configs/nmnist.py --config.model.pooling=lse_lba
     python -m needles_tf.train --preset=cpu_quick        # or --config=configs/nmnist.py:cpu_quick
@@ -37,17 +37,17 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     config.model = ml_collections.ConfigDict(
         {
             "extractor": "bagnet",
-            "receptive_field": 33,  # best nMNIST receptive field of paper 000 (§3, Fig. 4)
+            "receptive_field": 33,  # best on nMNIST (Pawlowski et al. 2019, §3, Fig. 4)
             "width": 1.0,  # capacity s
             "input_channels": 1,
-            "normalization": "instance",  # paper 000 §2.2; or "batch" (BagNet's own)
+            "normalization": "instance",  # Pawlowski et al. 2019 §2.2; or "batch" (BagNet's own)
             "zero_init_residual": False,  # gamma = 0 in each block's last normalization
             "head": "embedding",
             "pooling": "max",
             "pooling_kwargs": {},
             "num_classes": 1,
             # auto: mixed_bfloat16 (float32 statistics and logits) where the CPU or GPU has
-            # bf16 matrix units, float32 elsewhere (needles_tf/models/precision.py)
+            # bf16 matrix units, float32 elsewhere (needles_tf/precision.py)
             "dtype_policy": "auto",
         }
     )

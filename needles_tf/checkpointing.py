@@ -18,10 +18,31 @@ import tempfile
 from typing import Any
 
 import keras
+from absl import logging
 
 _CHECKPOINT = re.compile(r"^ckpt-(\d+)$")
 WEIGHTS = "model.weights.h5"
 STATE = "state.json"
+
+
+def writable_directory(
+    path: str | os.PathLike, flag: str = "--model_dir", create: bool = True
+) -> pathlib.Path:
+    """`path` as a directory this process can write in (made if `create`), or a ValueError
+    naming `flag` and why not: a file in the way, no permission, a read-only file system."""
+    path = pathlib.Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{flag}={path}: is a file; expected a directory.")
+    if not create and not path.is_dir():
+        raise ValueError(f"{flag}={path}: no such directory.")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".tmp-write-test-"):
+            pass
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise ValueError(f"{flag}={path}: cannot write there ({reason}).") from error
+    return path
 
 
 def atomic_write_text(path: pathlib.Path, text: str) -> None:
@@ -99,8 +120,29 @@ class CheckpointManager:
             state = json.loads((checkpoint / STATE).read_text())
             model.load_weights(checkpoint / WEIGHTS)
         except (OSError, ValueError, KeyError) as error:
-            raise RuntimeError(
-                f"Checkpoint {checkpoint} cannot be restored ({error}). Delete it to resume "
-                "from the one before, or use a new --model_dir."
-            ) from error
+            raise RuntimeError(f"checkpoint {checkpoint} cannot be restored ({error})") from error
         return state
+
+    def restore_latest(self, model: keras.Model) -> tuple[pathlib.Path, dict[str, Any]] | None:
+        """Restores the newest checkpoint that loads, newest first; None when there is none.
+
+        A checkpoint that was truncated or lost a file (a full disk, a copy cut short) is
+        passed over with a warning naming it; if none loads, the error names them all.
+        """
+        failures = []
+        for checkpoint in reversed(self.checkpoints()):
+            try:
+                state = self.restore(model, checkpoint)
+            except RuntimeError as error:
+                failures.append(str(error))
+                logging.warning("%s; trying the checkpoint before it.", error)
+                continue
+            if failures:
+                logging.warning("Resuming from the earlier intact checkpoint %s.", checkpoint)
+            return checkpoint, state
+        if failures:
+            raise RuntimeError(
+                f"No checkpoint in {self.directory} can be restored: {'; '.join(failures)}. "
+                "Delete them to start over, or use a new --model_dir."
+            )
+        return None

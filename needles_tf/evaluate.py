@@ -4,14 +4,14 @@ r"""Evaluate a trained run: classification and weak-localization metrics, with p
         [--saliency=cam,gradient,sparse_inversion] [--max_examples=N]
 
 Writes DIR/eval/metrics.json (classification, then per saliency method the
-localization AP of paper 000 App. C.4, continuous DICE, IoBB accuracy at each
+localization AP of Pawlowski et al. 2019 App. C.4, continuous DICE, IoBB accuracy at each
 --tau, PxAP and the pointing game), DIR/eval/precision_recall.png and
-DIR/eval/overlays.png (true/false positives/negatives, like paper 000 Fig. 16),
+DIR/eval/overlays.png (true/false positives/negatives, like Pawlowski et al. 2019 Fig. 16),
 and prints a table. Localization needs boxes (`needle_bbox`) in the dataset;
 PxAP needs masks (`needle_mask` or `lesion_mask`); what a dataset lacks is skipped
 with the reason. Multi-label datasets with per-finding boxes (`bboxes`, ChestX-ray14)
 get AUC per finding and, per finding with boxes, the continuous DICE and IoBB
-accuracy at each --tau (paper 004 Tables 2-3).
+accuracy at each --tau (Yao et al. 2018 Tables 2-3).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import tensorflow_datasets as tfds
 from absl import app, flags, logging
 
 from needles_tf import export, metrics
-from needles_tf.checkpointing import atomic_write_text
+from needles_tf.checkpointing import atomic_write_text, writable_directory
 from needles_tf.data import load, pipeline
 from needles_tf.localization.methods import get_saliency_method
 from needles_tf.models.factory import saliency_geometry
@@ -61,12 +61,13 @@ def evaluate(
     data_dir: str | None = None,
 ) -> dict[str, Any]:
     """Computes, writes and returns the metrics of `model_dir`'s best weights on `split`."""
-    model_dir = pathlib.Path(model_dir)
+    model_dir = writable_directory(model_dir, create=False)
     model, config = export.load_run(model_dir)
     geometry = saliency_geometry(config.model)
     pooling = config.model.pooling
     methods = methods or ["attention" if "attention" in pooling else NATIVE_MAP[config.model.head]]
     method_fns = {name: get_saliency_method(name) for name in methods}
+    _check_split(config.dataset, split, data_dir)
     data = load(config.dataset, split, data_dir=data_dir)
     if max_examples:
         data = data.take(max_examples)
@@ -148,7 +149,7 @@ MAX_BOXES = 16  # boxes per image kept for multi-label localization (ChestX-ray1
 def _evaluate_findings(
     model, config, data, split, method_fns, geometry, batch_size, taus, alpha, data_dir
 ) -> dict[str, Any]:
-    """Multi-label evaluation (paper 004 Tables 2-3): AUC per finding, and per finding with
+    """Multi-label evaluation (Yao et al. 2018 Tables 2-3): AUC per finding, and per finding with
     boxes, the continuous DICE of its saliency map against the union of its boxes and the
     IoBB accuracy at each tau, over the images that have such a box."""
     classes = int(config.model.num_classes)
@@ -291,6 +292,20 @@ def _save(figure, path: pathlib.Path) -> None:
     figure.savefig(temporary, dpi=120, format="png")
     plt.close(figure)
     temporary.replace(path)
+
+
+def _check_split(dataset: str, split: str, data_dir: str | None) -> None:
+    """A ValueError naming --split and the dataset's splits when `split` is not one of them."""
+    builder = tfds.builder(dataset, data_dir=data_dir)
+    if not builder.is_prepared():
+        raise ValueError(f"{dataset} is not built under --tfds_data_dir={data_dir}.")
+    try:
+        builder.info.splits[split]  # also accepts slices such as "test[:10%]"
+    except (KeyError, ValueError) as error:
+        raise ValueError(
+            f"--split={split!r}: expected one of {sorted(builder.info.splits)} of {dataset} "
+            "(or a TFDS slice of one, e.g. 'test[:10%]')."
+        ) from error
 
 
 def _table(results: dict[str, Any]) -> str:

@@ -37,7 +37,7 @@ import tensorflow_datasets as tfds
 from absl import app, flags, logging
 from keras import ops
 
-from needles_tf.checkpointing import usual_permissions
+from needles_tf.checkpointing import usual_permissions, writable_directory
 from needles_tf.data import pipeline
 from needles_tf.localization.upsample import saliency_to_input
 from needles_tf.models.factory import build_model, saliency_geometry
@@ -272,9 +272,11 @@ def main(argv: list[str]) -> None:
     model_dir = flags.FLAGS.model_dir
     if not model_dir:
         raise app.UsageError("--model_dir: expected a training run's directory.")
+    if flags.FLAGS.version < 1:
+        raise app.UsageError(f"--version={flags.FLAGS.version}: expected a positive integer.")
     try:
-        model, config = load_run(pathlib.Path(model_dir))
-    except FileNotFoundError as error:
+        model, config = load_run(writable_directory(model_dir, create=False))
+    except (FileNotFoundError, ValueError) as error:
         raise app.UsageError(str(error)) from error
     path = export_model(model, config, model_dir, flags.FLAGS.version, _class_names(config.dataset))
     print(f"Exported {path} and {pathlib.Path(model_dir) / KERAS_FILE}")

@@ -87,7 +87,7 @@ def localization_precision_recall(
 def localization_average_precision(
     saliency_maps: list[np.ndarray], boxes: list[np.ndarray | None]
 ) -> float:
-    """Average precision of max-saliency detections (paper 000 App. C.4, after Oquab et al.).
+    """Average precision of max-saliency detections (Pawlowski et al. 2019 App. C.4; Oquab et al.).
 
     Each image gives one detection: the position of its maximum saliency, with
     that saliency as confidence. It is a true positive when it falls inside the
@@ -104,7 +104,7 @@ def localization_average_precision(
 
 
 def continuous_dice(saliency: np.ndarray, target: np.ndarray) -> float:
-    """2·ΣSG / (ΣS² + ΣG²) of a [0, 1] saliency map S and a binary mask G (paper 004 §4.2)."""
+    """2·ΣSG / (ΣS² + ΣG²) of a [0, 1] saliency map S and a binary mask G (Yao et al. 2018 §4.2)."""
     s = np.asarray(saliency, np.float64)
     g = np.asarray(target, np.float64)
     denominator = np.sum(s * s) + np.sum(g * g)
@@ -112,7 +112,7 @@ def continuous_dice(saliency: np.ndarray, target: np.ndarray) -> float:
 
 
 def iobb_hit(saliency: np.ndarray, box: np.ndarray, tau: float, alpha: float) -> bool:
-    """Whether some box of the saliency binarized at `tau` has IoBB >= `alpha` (paper 004 Table 2).
+    """Whether a box of the saliency binarized at `tau` has IoBB >= `alpha` (Yao et al., Table 2).
 
     Predicted boxes are the bounding boxes of the connected components of
     S > tau; IoBB is the area of a predicted box inside the ground-truth box
@@ -142,7 +142,9 @@ def iobb_accuracy(
 def pixel_average_precision(
     saliency_maps: list[np.ndarray], masks: list[np.ndarray], normalize: bool = True
 ) -> float:
-    """PxAP: average precision of all pixels' saliency against the masks (Choe et al.; paper 001).
+    """PxAP: average precision of all pixels' saliency against the masks.
+
+    Choe et al. 2020; Guichemerre et al. 2025.
 
     With `normalize`, each map is min-max scaled to [0, 1] first, as WSOL
     benchmarks do, so that images are ranked on one scale.

@@ -5,7 +5,10 @@ r"""Classify your own images and show where the needle is.
 
 PATH is a SavedModel directory (RUN/saved_model/1) or a .keras file
 (RUN/model.keras), both written by needles_tf.export. IMAGEs are PNG, JPEG or
-TIFF files of any size, grey or colour, 8 or 16 bits. Prints the probability
+TIFF files, grey or colour, 8 or 16 bits, up to --max_pixels (2^28 by default;
+the size in the header is checked before decoding). Colour images given to a
+grey model are averaged to grey, grey ones given to a colour model repeated to
+three channels, as in training. Prints the probability
 of every class (a table, or JSON with --json) and the position of maximum
 saliency; with --out_dir, writes IMAGE_saliency.png: the saliency of the most
 probable class over the image, at the image's size, with the receptive-field
@@ -40,6 +43,8 @@ from needles_tf.models.factory import has_local_cells
 from needles_tf.plots import outline, saliency_overlay
 
 TIFF_SUFFIXES = (".tif", ".tiff")
+# 16384²: 3 GB as float32 RGB. Larger images need --max_pixels (slides: see the README).
+MAX_PIXELS = 2**28
 WINDOW_COLOUR = (0, 255, 255)
 
 
@@ -100,25 +105,54 @@ def keras_model_parts(model, metadata: dict) -> ExportedModel:
     )
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """PNG, JPEG or TIFF -> (H, W, 1 or 3) float32 in [0, 255]; 16-bit values are scaled."""
+def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """PNG, JPEG or TIFF -> (H, W, 1 or 3) float32 in [0, 255]; 16-bit values are scaled.
+
+    The size in the file's header is checked against `max_pixels` before any pixel
+    is decoded, so a decompression bomb is refused instead of filling the memory.
+    """
     path = pathlib.Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such image file.")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: empty file (0 bytes); expected a PNG, JPEG or TIFF image.")
     try:
         if path.suffix.lower() in TIFF_SUFFIXES:
-            pixels = tifffile.imread(path, key=0)  # the first page: level 0 of a pyramid
+            with tifffile.TiffFile(path) as tiff:
+                page = tiff.pages[0]  # level 0 of a pyramid
+                _check_size(path, page.imagewidth, page.imagelength, max_pixels)
+                pixels = page.asarray()
         else:
-            Image.MAX_IMAGE_PIXELS = None  # the user's own file: no decompression-bomb limit
-            with Image.open(path) as image:
-                if image.mode in ("P", "PA", "RGBA", "CMYK", "YCbCr", "LAB", "HSV"):
-                    image = image.convert("RGB")
-                elif image.mode == "LA":
-                    image = image.convert("L")
-                pixels = np.asarray(image)
+            limit = Image.MAX_IMAGE_PIXELS
+            Image.MAX_IMAGE_PIXELS = None  # checked against max_pixels below instead
+            try:
+                with Image.open(path) as image:
+                    _check_size(path, image.width, image.height, max_pixels)
+                    if image.mode in ("P", "PA", "RGBA", "CMYK", "YCbCr", "LAB", "HSV"):
+                        image = image.convert("RGB")
+                    elif image.mode == "LA":
+                        image = image.convert("L")
+                    pixels = np.asarray(image)
+            finally:
+                Image.MAX_IMAGE_PIXELS = limit
     except (OSError, ValueError, tifffile.TiffFileError) as error:
+        if isinstance(error, ImageTooLarge):
+            raise
         raise ValueError(f"{path}: not a readable PNG, JPEG or TIFF image ({error}).") from error
     return _to_model_range(pixels, path)
+
+
+class ImageTooLarge(ValueError):
+    """An image whose header declares more pixels than --max_pixels allows."""
+
+
+def _check_size(path: pathlib.Path, width: int, height: int, max_pixels: int) -> None:
+    if width * height > max_pixels:
+        raise ImageTooLarge(
+            f"{path}: {width}x{height} pixels ({width * height / 1e6:,.0f} MP) is more than "
+            f"--max_pixels={max_pixels} ({max_pixels / 1e6:,.0f} MP); raise --max_pixels to "
+            "read it (it takes 12 bytes a pixel in memory)."
+        )
 
 
 def _to_model_range(pixels: np.ndarray, path: pathlib.Path) -> np.ndarray:
@@ -194,8 +228,15 @@ def predict_files(
     out_dir: str | os.PathLike | None = None,
     tile_size: int = 1024,
     progress: bool = False,
+    max_pixels: int = MAX_PIXELS,
 ) -> list[dict[str, Any]]:
     """One record per image: its probabilities, peak saliency and overlay path."""
+    receptive_field, _ = model.geometry
+    if tile_size < receptive_field:
+        raise ValueError(
+            f"--tile_size={tile_size}: expected at least the model's receptive field "
+            f"({receptive_field} pixels)."
+        )
     names = model.metadata["class_names"]
     exact_tiling = has_local_cells(model.config)
     if out_dir is not None:
@@ -203,7 +244,7 @@ def predict_files(
         out_dir.mkdir(parents=True, exist_ok=True)
     records, used = [], set()
     for image_path in images:
-        image = read_image(image_path)
+        image = read_image(image_path, max_pixels)
         result = predict_image(model, image, tile_size, progress)
         if result["tiles"] > 1 and not exact_tiling:
             logging.warning(
@@ -267,6 +308,8 @@ def main(argv: list[str]) -> None:
     FLAGS = flags.FLAGS
     if FLAGS.tile_size < 1:
         raise app.UsageError(f"--tile_size={FLAGS.tile_size}: expected a positive pixel count.")
+    if FLAGS.max_pixels < 1:
+        raise app.UsageError(f"--max_pixels={FLAGS.max_pixels}: expected a positive count.")
     try:
         records = predict_files(
             load_exported(FLAGS.model),
@@ -274,6 +317,7 @@ def main(argv: list[str]) -> None:
             FLAGS.out_dir,
             FLAGS.tile_size,
             progress=not FLAGS.json,
+            max_pixels=FLAGS.max_pixels,
         )
     except (ValueError, FileNotFoundError) as error:
         raise app.UsageError(str(error)) from error
@@ -285,4 +329,7 @@ if __name__ == "__main__":
     flags.DEFINE_string("out_dir", None, "Write IMAGE_saliency.png overlays here.")
     flags.DEFINE_bool("json", False, "Print JSON instead of a table.")
     flags.DEFINE_integer("tile_size", 1024, "Largest tile side in pixels; larger images are tiled.")
+    flags.DEFINE_integer(
+        "max_pixels", MAX_PIXELS, "Refuse images whose header declares more pixels than this."
+    )
     app.run(main)

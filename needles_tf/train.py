@@ -8,7 +8,7 @@ r"""Train a needles_tf model: config -> strategy -> data, model -> fit -> test -
 The model directory receives `config.json`, `checkpoints/` (resumable: rerun
 the same command after a crash), `best-epochNNNN.weights.h5`, `history.csv`,
 `metrics.json`, `tensorboard/`, and the export (`saved_model/1/`, `model.keras`).
-Protocol (paper 000 §3): validation accuracy chooses the checkpoint whose test
+Protocol (Pawlowski et al. 2019 §3): validation accuracy chooses the checkpoint whose test
 metrics are reported.
 """
 
@@ -27,13 +27,13 @@ from ml_collections import config_flags
 
 from needles_tf import distribute, export
 from needles_tf.callbacks import NonFiniteLossError, RunState, SaliencyOverlays, new_run_state
-from needles_tf.checkpointing import CheckpointManager, atomic_write_text
+from needles_tf.checkpointing import CheckpointManager, atomic_write_text, writable_directory
 from needles_tf.data import pipeline
 from needles_tf.layers.pooling import POOLINGS
 from needles_tf.models.factory import EXTRACTORS, build_model, saliency_geometry
 from needles_tf.models.heads import HEADS
-from needles_tf.models.precision import POLICIES as PRECISIONS
-from needles_tf.models.precision import resolve_dtype_policy
+from needles_tf.precision import POLICIES as PRECISIONS
+from needles_tf.precision import resolve_dtype_policy
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 RECEPTIVE_FIELDS = ("9", "33", "177")
@@ -288,7 +288,10 @@ def train(
 ) -> dict[str, Any]:
     """Trains (or resumes, or finds finished) the run in `model_dir`; returns metrics.json."""
     validate_config(config)
-    model_dir = pathlib.Path(model_dir)
+    try:
+        model_dir = writable_directory(model_dir)
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
     strategy = distribute.make_strategy(config.strategy)
     chief = distribute.is_chief(strategy)
     distribute.replica_batch_size(strategy, config.batch_size)
@@ -316,10 +319,14 @@ def train(
 
     manager = CheckpointManager(model_dir / "checkpoints")
     state = new_run_state()
-    if (latest := manager.latest()) is not None:
-        state = manager.restore(training, latest)
+    try:
+        restored = manager.restore_latest(training)
+    except RuntimeError as error:
+        raise ConfigError(f"--model_dir={model_dir}: {error}") from error
+    if restored is not None:
+        checkpoint, state = restored
         print(
-            f"Resuming from {latest}: {state['epoch']} epochs and "
+            f"Resuming from {checkpoint}: {state['epoch']} epochs and "
             f"{state['global_step']} steps done.",
             flush=True,
         )
@@ -333,7 +340,8 @@ def train(
                 data.steps_per_epoch,
                 config.checkpoint_every_steps,
                 is_chief=chief,
-                # "accuracy" (paper 000) or "auc": the mean over classes (paper 004 §4.2).
+                # "accuracy" (Pawlowski et al. 2019) or "auc", the mean over classes
+                # (Yao et al. 2018, §4.2).
                 monitor=f"val_{config.get('best_metric', 'accuracy')}",
             ),
             keras.callbacks.TensorBoard(log_dir=str(model_dir / "tensorboard")),

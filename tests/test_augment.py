@@ -1,4 +1,4 @@
-"""Paper 004's augmentation: exact warps for known parameters; deterministic, resumable stream."""
+"""Yao et al.'s augmentation: exact warps for known parameters; deterministic, resumable stream."""
 
 from __future__ import annotations
 

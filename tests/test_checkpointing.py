@@ -70,3 +70,36 @@ def test_atomic_write_text_replaces_whole_files(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # not tempfile's private 0600
+
+
+@pytest.mark.parametrize("damage", ["truncate", "delete_weights", "delete_state"])
+def test_resume_falls_back_to_the_previous_intact_checkpoint(tmp_path, damage, caplog):
+    model = small_model()
+    manager = CheckpointManager(tmp_path, keep=2)
+    model.fit(np.ones((4, 3)), np.zeros((4, 2)), verbose=0)
+    manager.save(model, {"global_step": 1})
+    expected = [w.copy() for w in model.get_weights()]
+    model.fit(np.ones((4, 3)), np.zeros((4, 2)), verbose=0)
+    newest = manager.save(model, {"global_step": 2})
+    weights, state = newest / "model.weights.h5", newest / "state.json"
+    if damage == "truncate":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    else:
+        (weights if damage == "delete_weights" else state).unlink()
+
+    restored = small_model()
+    checkpoint, state = manager.restore_latest(restored)
+    assert checkpoint.name == "ckpt-1" and state == {"global_step": 1}
+    for a, b in zip(expected, restored.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert "ckpt-2 cannot be restored" in caplog.text
+    assert "earlier intact checkpoint" in caplog.text
+
+
+def test_resume_with_no_intact_checkpoint_names_them(tmp_path):
+    manager = CheckpointManager(tmp_path)
+    assert manager.restore_latest(small_model()) is None
+    path = manager.save(small_model(), {"global_step": 1})
+    (path / "state.json").unlink()
+    with pytest.raises(RuntimeError, match=r"No checkpoint in .* can be restored: .*ckpt-1"):
+        manager.restore_latest(small_model())

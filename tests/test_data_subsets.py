@@ -1,4 +1,4 @@
-"""Size and class-balance variants of a built split (paper 000, Fig. 5-6, App. C.1)."""
+"""Size and class-balance variants of a built split (Pawlowski et al. 2019, Fig. 5-6, App. C.1)."""
 
 from __future__ import annotations
 

@@ -54,7 +54,7 @@ def test_global_batch_must_split_across_replicas():
         distribute.replica_batch_size(TwoReplicas(), 7)
 
 
-def run_workers(commands, envs):
+def run_workers(commands, envs, expect_success: bool = True):
     processes = [
         subprocess.Popen(
             [sys.executable, str(WORKER), *command],
@@ -65,9 +65,13 @@ def run_workers(commands, envs):
         )
         for command, env in zip(commands, envs, strict=True)
     ]
+    outputs = []
     for process in processes:
         output, _ = process.communicate(timeout=300)
-        assert process.returncode == 0, output[-3000:]
+        if expect_success:
+            assert process.returncode == 0, output[-3000:]
+        outputs.append((process.returncode, output))
+    return outputs
 
 
 def saved_weights(path: pathlib.Path, prefix: str) -> list[np.ndarray]:
@@ -99,15 +103,34 @@ def test_mirrored_over_two_logical_cpus_keeps_replicas_identical(tmp_path):
     )
 
 
-def test_multi_worker_on_localhost_ends_with_identical_weights(tmp_path):
+def two_workers(tmp_path, *flags: str):
+    """Commands and environments of a two-worker cluster on localhost, and their outputs."""
     workers = [f"localhost:{port}" for port in free_ports(2)]
     commands, envs, outs = [], [], []
     for index in range(2):
         out = tmp_path / f"worker{index}.npz"
         tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
         envs.append({**os.environ, "TF_CONFIG": json.dumps(tf_config), "TF_CPP_MIN_LOG_LEVEL": "2"})
-        commands.append(["--strategy=auto", f"--out={out}"])
+        commands.append(["--strategy=auto", f"--out={out}", *flags])
         outs.append(out)
+    return commands, envs, outs
+
+
+def test_keras_cannot_build_lazily_under_multi_worker_mirrored_strategy(tmp_path):
+    """Upstream behaviour behind `distribute.build_for_fit` (private Model._symbolic_build).
+
+    Without it, `fit` under MultiWorkerMirroredStrategy fails to build the model from
+    the per-replica first batch (keras-team/keras#20585). If this test fails, Keras
+    builds by itself now and build_for_fit can go.
+    """
+    commands, envs, _ = two_workers(tmp_path, "--lazy_build")
+    results = run_workers(commands, envs, expect_success=False)
+    for returncode, output in results:
+        assert returncode != 0 and "PerReplica" in output, output[-2000:]
+
+
+def test_multi_worker_on_localhost_ends_with_identical_weights(tmp_path):
+    commands, envs, outs = two_workers(tmp_path)
     run_workers(commands, envs)
     assert all(int(np.load(out)["replicas"]) == 2 for out in outs)
     assert_trained_and_identical(

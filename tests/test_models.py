@@ -1,4 +1,4 @@
-"""BagNet extractor (paper 000 App. B.2, Table 3), MIL heads and the model factory."""
+"""BagNet extractor (Pawlowski et al. 2019 App. B.2, Table 3), MIL heads and the model factory."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The multi-resolution extractor of paper 004: shapes, structure, serialization, training."""
+"""The multi-resolution extractor of Yao et al. 2018: shapes, structure, serialization, training."""
 
 from __future__ import annotations
 

@@ -175,7 +175,7 @@ def test_plan_is_reproducible(miniature):
 
 
 def test_empty_splits_are_left_out_and_said(miniature, tmp_path, capsys):
-    # Center 3 has no lesion covering half of a 128 crop (as in paper 000).
+    # Center 3 has no lesion covering half of a 128 crop (as in Pawlowski et al. 2019).
     builder = build(miniature, tmp_path, config="crop128_o2i_50_100")
     assert set(builder.info.splits) == {"train", "test"}
     assert "the validation split is empty" in capsys.readouterr().out

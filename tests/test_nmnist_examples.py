@@ -1,4 +1,4 @@
-"""Properties of built nMNIST examples (paper 000, App. A.1), on fake MNIST digits."""
+"""Properties of built nMNIST examples (Pawlowski et al. 2019, App. A.1), on fake MNIST digits."""
 
 from __future__ import annotations
 

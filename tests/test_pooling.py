@@ -1,4 +1,4 @@
-"""Global pooling operators: definitions, paper 004 §3.5 properties, numerical stability."""
+"""Global pooling operators: definitions, Yao et al. 2018 §3.5 properties, numerical stability."""
 
 from __future__ import annotations
 

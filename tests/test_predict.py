@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import pathlib
 import re
+import struct
 import subprocess
 import sys
+import zlib
 
 import keras
 import ml_collections
@@ -204,3 +206,75 @@ def test_bad_inputs_name_the_file(tmp_path, exported):
     loaded = predict.load_exported(saved_model)
     with pytest.raises(ValueError, match=r"image of 5x40 pixels: expected at least .* 9x9"):
         predict.predict_image(loaded, np.zeros((5, 40, 1), np.float32), 1024)
+
+
+def _png_header_only(path, width: int, height: int) -> None:
+    """A PNG whose header declares width x height pixels, with no pixel data worth decoding."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    chunk = lambda kind, data: (  # noqa: E731
+        struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    )
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"") + chunk(b"IEND", b"")
+    )
+
+
+def test_empty_files_and_decompression_bombs_are_refused(tmp_path, images):
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(ValueError, match=re.escape("empty.png: empty file (0 bytes)")):
+        predict.read_image(tmp_path / "empty.png")
+    _png_header_only(tmp_path / "bomb.png", 100_000, 100_000)
+    with pytest.raises(
+        ValueError, match=r"bomb.png: 100000x100000 pixels .* --max_pixels=268435456"
+    ):
+        predict.read_image(tmp_path / "bomb.png")
+    folder, _ = images
+    with pytest.raises(ValueError, match=r"deep.tif: 130x90 pixels .* --max_pixels=1000"):
+        predict.read_image(folder / "deep.tif", max_pixels=1000)
+    assert predict.read_image(folder / "deep.tif", max_pixels=130 * 90).shape == (90, 130, 1)
+
+
+def test_the_command_line_refuses_a_bomb_in_one_line(exported, tmp_path):
+    _, saved_model, _ = exported
+    _png_header_only(tmp_path / "bomb.png", 100_000, 100_000)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "needles_tf.predict",
+            f"--model={saved_model}",
+            str(tmp_path / "bomb.png"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode != 0
+    assert "bomb.png: 100000x100000 pixels" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_channels_are_converted_to_the_models(images):
+    """Grey into a colour model is repeated to RGB; colour into a grey model averaged."""
+    folder, _ = images
+    grey_image = predict.read_image(folder / "grey.png")
+    colour_image = predict.read_image(folder / "colour.jpg")
+    for channels, image, same_as in (
+        (3, grey_image, np.repeat(grey_image, 3, axis=-1)),
+        (1, colour_image, colour_image.mean(axis=-1, keepdims=True)),
+    ):
+        model, config = local_model(input_channels=channels)
+        metadata = export.model_metadata(ml_collections.ConfigDict({"model": config}))
+        parts = predict.keras_model_parts(model, metadata)
+        converted = predict.predict_image(parts, image, 1024)
+        explicit = predict.predict_image(parts, same_as, 1024)
+        np.testing.assert_allclose(converted["probability"], explicit["probability"], atol=1e-6)
+
+
+def test_tiles_smaller_than_the_receptive_field_are_refused(exported, images):
+    _, saved_model, _ = exported
+    folder, _ = images
+    loaded = predict.load_exported(saved_model)
+    with pytest.raises(ValueError, match=r"--tile_size=8: expected at least .* \(9 pixels\)"):
+        predict.predict_files(loaded, [folder / "grey.png"], tile_size=8)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 
 from needles_tf.localization.upsample import saliency_to_input
-from needles_tf.models.precision import cpu_has_bfloat16_units, resolve_dtype_policy
 
 
 def test_grid_values_sit_at_window_centres_and_interpolate_between():
@@ -27,11 +26,3 @@ def test_bagnet_geometry_puts_a_peak_over_its_window():
     row, column = np.unravel_index(np.argmax(out), out.shape)
     assert abs(row + 0.5 - (16 + 16.5)) <= 1.0 and abs(column + 0.5 - (8 + 16.5)) <= 1.0
     assert out.min() >= 0.0 and out.max() <= 1.0
-
-
-def test_auto_precision_needs_bf16_units():
-    assert cpu_has_bfloat16_units("flags : fpu avx2 fma avx512f amx_bf16 amx_tile")
-    assert cpu_has_bfloat16_units("flags : avx512f avx512_bf16")
-    assert not cpu_has_bfloat16_units("flags : fpu avx2 fma avx512f")
-    assert resolve_dtype_policy("float32") == "float32"
-    assert resolve_dtype_policy("auto") in ("float32", "mixed_bfloat16")

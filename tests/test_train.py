@@ -82,6 +82,16 @@ def checkpoint_weights(path: pathlib.Path) -> list[np.ndarray]:
     return arrays
 
 
+def assert_same_checkpoint_weights(run: pathlib.Path, reference: pathlib.Path, name: str):
+    """Checkpoint `name` of two runs holds the same weights (float32 round-off aside)."""
+    for a, b in zip(
+        checkpoint_weights(run / "checkpoints" / name),
+        checkpoint_weights(reference / "checkpoints" / name),
+        strict=True,
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
 @pytest.fixture(scope="module")
 def tfds_dir(nmnist_64) -> str:
     return str(pathlib.Path(nmnist_64.data_dir).parents[2])
@@ -127,12 +137,7 @@ def test_crash_then_rerun_resumes_to_the_same_weights(uninterrupted, tfds_dir, t
         config, tmp_path, tfds_data_dir=tfds_dir, extra_callbacks=(steps,), verbose=0
     )
     assert steps.steps == 2 * STEPS_PER_EPOCH - 4
-    for resumed, reference in zip(
-        checkpoint_weights(tmp_path / "checkpoints" / "ckpt-6"),
-        checkpoint_weights(reference_dir / "checkpoints" / "ckpt-6"),
-        strict=True,
-    ):
-        np.testing.assert_allclose(resumed, reference, rtol=1e-5, atol=1e-6)
+    assert_same_checkpoint_weights(tmp_path, reference_dir, "ckpt-6")
     assert metrics["best_epoch"] == reference_metrics["best_epoch"]
 
     # A finished run rerun: nothing trains, nothing is rewritten.
@@ -417,3 +422,56 @@ def test_evaluate_without_boxes_says_why_it_skips(uninterrupted, tfds_dir, monke
     assert results["localization"] == "skipped: nmnist/canvas_64 has no needle_bbox feature"
     assert "localization skipped: nmnist/canvas_64 has no needle_bbox" in capsys.readouterr().out
     assert (model_dir / "eval" / "overlays.png").exists()
+
+
+@pytest.mark.parametrize("where", ["file", "under_a_file", "unwritable"])
+def test_a_model_dir_that_cannot_hold_a_run_is_named(tmp_path, where):
+    (tmp_path / "a_file").write_text("")
+    model_dir = {
+        "file": tmp_path / "a_file",
+        "under_a_file": tmp_path / "a_file" / "run",
+        "unwritable": pathlib.Path("/sys/needles_tf_test_run"),  # refused even to root
+    }[where]
+    expected = "is a file; expected a directory" if where == "file" else "cannot write there"
+    with pytest.raises(train_module.ConfigError, match=f"--model_dir={model_dir}: {expected}"):
+        train_module.train(tiny_config(), model_dir)
+
+
+def test_evaluate_and_export_name_a_bad_model_dir_or_split(uninterrupted, tfds_dir, tmp_path):
+    from needles_tf import evaluate
+
+    model_dir, _ = uninterrupted
+    with pytest.raises(ValueError, match=r"--split='tset': expected one of \['test', 'train'"):
+        evaluate.evaluate(model_dir, "tset", ["instance"], data_dir=tfds_dir)
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(ValueError, match=r"--model_dir=.*a_file: is a file"):
+        evaluate.evaluate(tmp_path / "a_file", "test", data_dir=tfds_dir)
+    result = subprocess.run(
+        [sys.executable, "-m", "needles_tf.export", f"--model_dir={model_dir}", "--version=-1"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert result.returncode != 0 and "--version=-1: expected a positive integer" in result.stderr
+
+
+def test_resume_passes_over_a_truncated_checkpoint(uninterrupted, tfds_dir, tmp_path, caplog):
+    """The newest checkpoint cut short (a full disk, a copy): resume from the one before,
+    and still end with the uninterrupted run's weights."""
+    reference_dir, _ = uninterrupted
+    config = tiny_config(overlay_images=0)
+    with pytest.raises(KeyboardInterrupt):
+        train_module.train(
+            config, tmp_path, tfds_data_dir=tfds_dir, extra_callbacks=(Crash(4),), verbose=0
+        )
+    weights = tmp_path / "checkpoints" / "ckpt-4" / "model.weights.h5"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    steps = CountSteps()
+    train_module.train(
+        config, tmp_path, tfds_data_dir=tfds_dir, extra_callbacks=(steps,), verbose=0
+    )
+    assert "ckpt-4 cannot be restored" in caplog.text
+    assert "earlier intact checkpoint" in caplog.text and "ckpt-3" in caplog.text
+    assert steps.steps == 2 * STEPS_PER_EPOCH - 3
+    assert_same_checkpoint_weights(tmp_path, reference_dir, "ckpt-6")

@@ -1,4 +1,4 @@
-"""Training-time augmentation of paper 004 §4.2: random zoom, translation and rotation.
+"""Training-time augmentation of Yao et al. 2018 §4.2: random zoom, translation and rotation.
 
 Each image of global batch k draws its zoom, shift and angle from a stateless
 generator seeded by (seed, k), so the stream stays deterministic and a resumed

@@ -1,6 +1,6 @@
 """Training-set size and class-balance variants, chosen at load time.
 
-Paper 000 trains on nMNIST subsets of 1,400 ... 22,552 images (§3, Fig. 5 and 6)
+Pawlowski et al. 2019 trains on nMNIST subsets of 1,400 ... 22,552 images (§3, Fig. 5 and 6)
 and on class-imbalanced sets with positive fractions 0.01 ... 0.99, oversampling
 the under-represented class (App. C.1). A built TFDS split is balanced; `load`
 takes the first examples of each class in the split's stored order (shuffled

@@ -1,6 +1,6 @@
 """Global pooling over spatial positions: (B, H, W, C) -> (B, C).
 
-Paper 000 App. B.1 (max, mean, log-sum-exp eq. 1, attention eq. 3-4) and paper
+Pawlowski et al. 2019 App. B.1 (max, mean, log-sum-exp eq. 1, attention eq. 3-4) and paper
 004 §3.4-3.5 (generalized mean, Noisy-OR, LSE with sharpness r, LSE-LBA eq. 4).
 Every operator is one registered, serializable layer, chosen by name with
 `get_pooling`. All compute in float32 whatever the model's precision policy.
@@ -91,7 +91,7 @@ def _mean_logsumexp(x, r):
 
 @register_pooling("max")
 class MaxPooling(GlobalPooling):
-    """max over positions (paper 000 App. B.1)."""
+    """max over positions (Pawlowski et al. 2019 App. B.1)."""
 
     def pool(self, x):
         return ops.max(x, axis=(1, 2))
@@ -99,7 +99,7 @@ class MaxPooling(GlobalPooling):
 
 @register_pooling("mean")
 class MeanPooling(GlobalPooling):
-    """Average over positions (paper 000 eq. 2)."""
+    """Average over positions (Pawlowski et al. 2019 eq. 2)."""
 
     def pool(self, x):
         return ops.mean(x, axis=(1, 2))
@@ -107,7 +107,7 @@ class MeanPooling(GlobalPooling):
 
 @register_pooling("lse")
 class LogSumExpPooling(GlobalPooling):
-    """log Σ exp over positions (paper 000 eq. 1)."""
+    """log Σ exp over positions (Pawlowski et al. 2019 eq. 1)."""
 
     preserves_probability = False
 
@@ -117,7 +117,7 @@ class LogSumExpPooling(GlobalPooling):
 
 @register_pooling("lse_r")
 class SharpLogSumExpPooling(GlobalPooling):
-    """(1/r) log mean exp(r x) with a fixed sharpness r (paper 004 §3.4)."""
+    """(1/r) log mean exp(r x) with a fixed sharpness r (Yao et al. 2018 §3.4)."""
 
     def __init__(self, r: float = 5.0, **kwargs):
         super().__init__(**kwargs)
@@ -134,7 +134,7 @@ class SharpLogSumExpPooling(GlobalPooling):
 
 @register_pooling("lse_lba")
 class LseLbaPooling(GlobalPooling):
-    """LSE with lower-bounded adaptation, r = r0 + exp(beta), beta learned (paper 004 eq. 4).
+    """LSE with lower-bounded adaptation, r = r0 + exp(beta), beta learned (Yao et al. 2018 eq. 4).
 
     Maps a map of probabilities to a probability: all 0 -> 0, all 1 -> 1.
     """
@@ -161,7 +161,7 @@ class LseLbaPooling(GlobalPooling):
 
 @register_pooling("gm")
 class GeneralizedMeanPooling(GlobalPooling):
-    """(mean x^p)^(1/p) with learned p > 0, for x >= 0 (paper 004 §3.4).
+    """(mean x^p)^(1/p) with learned p > 0, for x >= 0 (Yao et al. 2018 §3.4).
 
     Computed in log space, (1/p) log mean exp(p log x), so that small values
     do not underflow.
@@ -194,7 +194,7 @@ class GeneralizedMeanPooling(GlobalPooling):
 
 @register_pooling("noisy_or")
 class NoisyOrPooling(GlobalPooling):
-    """1 - Π (1 - x) over probabilities x (paper 004 §3.4), as -expm1(Σ log1p(-x))."""
+    """1 - Π (1 - x) over probabilities x (Yao et al. 2018 §3.4), as -expm1(Σ log1p(-x))."""
 
     needs_probabilities = True
 
@@ -212,7 +212,10 @@ class NoisyOrPooling(GlobalPooling):
 
 @register_pooling("attention")
 class AttentionPooling(GlobalPooling):
-    """Σ a·x, a = softmax over positions of w·tanh(V x) (Ilse et al. 2018; paper 000 eq. 3-4)."""
+    """Σ a·x, a = softmax over positions of w·tanh(V x).
+
+    Ilse et al. 2018; Pawlowski et al. 2019, eq. 3-4.
+    """
 
     has_weights = True
 

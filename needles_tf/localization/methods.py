@@ -45,7 +45,7 @@ def _model_map(model: keras.Model, images, k: int, geometry, output: str, what: 
 
 @register_saliency("instance")
 def instance_map(model: keras.Model, images, *, geometry, k: int = 0):
-    """The instance head's probability map S (paper 004 §3.6)."""
+    """The instance head's probability map S (Yao et al. 2018 §3.6)."""
     if "instance_classifier" not in [layer.name for layer in model.layers]:
         raise ValueError("--saliency='instance' needs a model with head='instance'.")
     return _model_map(model, images, k, geometry, "saliency", "instance")
@@ -67,7 +67,7 @@ def attention_map(model: keras.Model, images, *, geometry, k: int = 0):
 
 @register_saliency("gradient")
 def gradient_map(model: keras.Model, images, *, geometry=None, k: int = 0):
-    """|d logit_k / d input|, summed over channels (paper 000 App. C.4)."""
+    """|d logit_k / d input|, summed over channels (Pawlowski et al. 2019 App. C.4)."""
     images = ops.cast(images, "float32")
     gradient = input_gradient(lambda x: model(x, training=False)["logits"][:, k], images)
     return ops.sum(ops.abs(gradient), axis=-1)
@@ -89,7 +89,7 @@ def sparse_inversion_map(
     step_size: float = 0.1,
     sparsity: float = 0.01,
 ):
-    """Sparse network inversion (paper 003): the minimal input that keeps the prediction.
+    """Sparse network inversion (Shin et al. 2020): the minimal input that keeps the prediction.
 
     From X⁰ = the image (scaled to [0, 1]), X^{t+1} = s_λ(X^t - η ∇l(X^t)) with
     l the cross-entropy between the bag score P(X) and the predicted label Ŷ;

@@ -1,4 +1,4 @@
-"""BagNet-style topological-embedding extractor (paper 000 §2.2, App. B.2, Table 3).
+"""BagNet-style topological-embedding extractor (Pawlowski et al. 2019 §2.2, App. B.2, Table 3).
 
 ResNet-50 bottleneck layout, [3, 4, 6, 3] blocks with strides [2, 2, 2, 1] on
 the first block of each stage; a stem of a 1x1 then an unpadded 3x3
@@ -16,6 +16,7 @@ import keras
 
 from needles_tf.layers.cropping import CropBorder
 from needles_tf.layers.normalization import NORMALIZATIONS
+from needles_tf.layers.pointwise import StridedPointwiseConv2D
 
 STAGE_PLANES = (64, 128, 256, 512)
 STAGE_BLOCKS = (3, 4, 6, 3)
@@ -84,16 +85,10 @@ class _Layers:
         self.zero_init_residual = zero_init_residual
 
     def conv(self, filters: int, kernel: int, stride: int = 1, name: str | None = None):
-        return keras.layers.Conv2D(
-            filters,
-            kernel,
-            strides=stride,
-            padding="valid",
-            use_bias=False,
-            kernel_initializer="he_normal",
-            dtype=self.dtype,
-            name=name,
-        )
+        common = dict(use_bias=False, kernel_initializer="he_normal", dtype=self.dtype, name=name)
+        if kernel == 1 and stride != 1:
+            return StridedPointwiseConv2D(filters, stride, **common)
+        return keras.layers.Conv2D(filters, kernel, strides=stride, padding="valid", **common)
 
     def norm(self, name: str | None = None, residual: bool = False):
         """Normalization; `residual` marks a block's last one, zero-initialized on request."""

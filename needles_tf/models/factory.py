@@ -1,11 +1,11 @@
 """build_model(config): image -> extractor -> MIL head -> named outputs.
 
 `config` is an ml_collections ConfigDict (see configs/) with the fields
-  extractor: name in EXTRACTORS: "bagnet" (paper 000), or "multires" (paper 004,
+  extractor: name in EXTRACTORS: "bagnet" (Pawlowski et al. 2019), or "multires" (Yao et al. 2018,
     needles_tf/models/multires.py, with levels, saliency_stride, growth_rate and
     dense_layers; width scales its channels),
   receptive_field, width: the BagNet receptive field (9, 33, 177) and capacity s,
-  normalization, zero_init_residual: "instance" (paper 000) or "batch", and
+  normalization, zero_init_residual: "instance" (Pawlowski et al. 2019) or "batch", and
     whether each residual block's last normalization starts at gamma = 0,
   input_channels: 1 or 3, the channels the extractor sees,
   head: "embedding" or "instance" (needles_tf.models.heads),
@@ -14,7 +14,7 @@
   num_classes: K sigmoid outputs (1 for a binary task),
   dtype_policy: Keras dtype policy of the extractor, e.g. "float32" or
     "mixed_bfloat16" (heads and pooling always compute in float32); "auto"
-    takes bf16 only where the hardware has bf16 units (models/precision.py).
+    takes bf16 only where it is measured faster (needles_tf/precision.py).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from keras import ops
 from needles_tf.models.bagnet import build_bagnet
 from needles_tf.models.heads import HEADS
 from needles_tf.models.multires import build_multires
-from needles_tf.models.precision import resolve_dtype_policy
+from needles_tf.precision import resolve_dtype_policy
 
 EXTRACTORS: dict[str, Callable[..., keras.Model]] = {
     "bagnet": lambda config, dtype: build_bagnet(

@@ -59,7 +59,7 @@ def _pool(pooling, x):
 
 @register_head("embedding")
 def embedding_pooling_head(embedding, num_classes: int, pooling: str, pooling_kwargs=None):
-    """Pool the embedding per channel, then a linear classifier (paper 000 Fig. 3).
+    """Pool the embedding per channel, then a linear classifier (Pawlowski et al. 2019 Fig. 3).
 
     Saliency: the class activation map (the classifier applied at every
     position) or, with attention pooling, the attention map.
@@ -90,7 +90,7 @@ def embedding_pooling_head(embedding, num_classes: int, pooling: str, pooling_kw
 def instance_pooling_head(embedding, num_classes: int, pooling: str, pooling_kwargs=None):
     """A shared classifier at every position -> sigmoid instance probabilities S -> pooling.
 
-    Paper 004 §3.6: S (B, h, w, K) is the saliency map and the pooled S the
+    Yao et al. 2018 §3.6: S (B, h, w, K) is the saliency map and the pooled S the
     image probability (LSE-LBA keeps probabilities in [0, 1]).
     """
     if not pooling_class(pooling).preserves_probability:

@@ -1,4 +1,4 @@
-"""Multi-resolution ResNet/DenseNet extractor with coarse-to-fine fusion (paper 004 §3.1-3.3).
+"""Multi-resolution ResNet/DenseNet extractor with coarse-to-fine fusion (Yao et al. 2018 §3.1-3.3).
 
     image -> stem (3x3, stride 2)
           -> residual down-sampling blocks, F^{l+1} = relu(g(F^l) + f(F^l))   §3.1
@@ -21,6 +21,7 @@ import keras
 from keras import ops
 
 from needles_tf.layers.normalization import NORMALIZATIONS
+from needles_tf.layers.pointwise import StridedPointwiseConv2D
 
 
 @keras.saving.register_keras_serializable(package="needles_tf")
@@ -106,16 +107,10 @@ class _Layers:
         self.normalization = normalization
 
     def conv(self, x, filters: int, kernel: int, stride: int, name: str):
-        return keras.layers.Conv2D(
-            filters,
-            kernel,
-            strides=stride,
-            padding="same",
-            use_bias=False,
-            kernel_initializer="he_normal",
-            dtype=self.dtype,
-            name=name,
-        )(x)
+        common = dict(use_bias=False, kernel_initializer="he_normal", dtype=self.dtype, name=name)
+        if kernel == 1 and stride != 1:
+            return StridedPointwiseConv2D(filters, stride, **common)(x)
+        return keras.layers.Conv2D(filters, kernel, strides=stride, padding="same", **common)(x)
 
     def norm(self, x, name: str):
         return NORMALIZATIONS[self.normalization](dtype=self.dtype, name=name)(x)

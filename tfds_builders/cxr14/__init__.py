@@ -1,4 +1,4 @@
-"""NIH ChestX-ray14 for paper 004's multi-resolution model: 14 findings, multi-label."""
+"""NIH ChestX-ray14 for Yao et al.'s multi-resolution model: 14 findings, multi-label."""
 
 from .cxr14_dataset_builder import Builder
 

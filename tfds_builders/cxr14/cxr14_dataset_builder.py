@@ -1,6 +1,6 @@
 """NIH ChestX-ray14: 14 thoracic findings, multi-label, with boxes on part of the test set.
 
-Wang et al. (CVPR 2017), as used by paper 004 (Yao et al., 2018) §4.1-4.2: the
+Wang et al. (CVPR 2017), as used by Yao et al. 2018 (Yao et al., 2018) §4.1-4.2: the
 official patient-wise train/test lists; validation is a patient-wise 25% of the
 official training list; images resized from 1024² to 512² with
 `skimage.transform.resize` (config `size512`), or kept (`size1024`). See
@@ -50,7 +50,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     RELEASE_NOTES = {"1.0.0": "Initial release."}
     BUILDER_CONFIGS = [
         Cxr14Config(
-            name="size512", description="Resized to 512x512 (paper 004 §4.2).", image_size=512
+            name="size512", description="Resized to 512x512 (Yao et al. 2018 §4.2).", image_size=512
         ),
         Cxr14Config(name="size1024", description="The original 1024x1024 images.", image_size=1024),
     ]

@@ -1,6 +1,6 @@
 """Lesion masks at one pyramid level, contiguous lesions, and crops with a controlled O2I.
 
-Paper 000 App. A.2: "for positive examples, we identify contiguous regions within
+Pawlowski et al. 2019 App. A.2: "for positive examples, we identify contiguous regions within
 the annotations, and take 50 random crops around each contiguous region ensuring
 that the full contiguous region is inside the crop, and total number of lesion
 pixels inside the crop are in the desired O2I ratio". Masks are rasterized window

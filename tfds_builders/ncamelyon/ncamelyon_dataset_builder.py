@@ -1,6 +1,6 @@
 """needle CAMELYON (nCAMELYON): is there a metastasis in this crop of a lymph-node slide?
 
-Paper 000 (Pawlowski et al., 2019), §2.1 and Appendix A.2, Tables 1-2: crops of
+Pawlowski et al. 2019 (Pawlowski et al., 2019), §2.1 and Appendix A.2, Tables 1-2: crops of
 CAMELYON17 whole-slide images at pyramid level 3; positives hold a whole
 contiguous lesion with a controlled object-to-image ratio, negatives are tissue
 from negative slides; split by center. See README.md for the dataset card.
@@ -22,7 +22,7 @@ from . import extraction, layout, planning
 
 CROP_SIZES = (128, 256, 512, 1024)
 # Name part -> O2I range [low, high) as fractions
-# (paper 000: (100-50)%, (50-10)%, (10-1)%, (1-0.1)%).
+# (Pawlowski et al. 2019: (100-50)%, (50-10)%, (10-1)%, (1-0.1)%).
 O2I_RANGES = {
     "50_100": (0.5, 1.0),
     "10_50": (0.1, 0.5),

@@ -1,6 +1,6 @@
 """What to extract from which slide, decided before any pixel is read.
 
-Positives need only the annotations and the slides' level sizes (paper 000
+Positives need only the annotations and the slides' level sizes (Pawlowski et al. 2019
 App. A.2: crops around each contiguous lesion, kept when their O2I is in
 range), so the whole plan is made up front, light enough for one process; the
 pixels are then read slide by slide (extraction.py), in this process or on

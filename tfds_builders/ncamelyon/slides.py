@@ -12,7 +12,7 @@ import dataclasses
 import numpy as np
 import tiffslide
 
-TISSUE_GREEN = 200.0  # paper 000 App. A.2: a crop is tissue if its mean green value is below
+TISSUE_GREEN = 200.0  # Pawlowski et al., App. A.2: tissue if the mean green value is below this
 
 
 class SlideError(ValueError):
@@ -66,5 +66,5 @@ def read_crop(
 
 
 def is_tissue(crop: np.ndarray) -> bool:
-    """Mostly tissue, not glass: mean green value below 200 (paper 000 App. A.2)."""
+    """Mostly tissue, not glass: mean green value below 200 (Pawlowski et al. 2019 App. A.2)."""
     return float(crop[..., 1].mean()) < TISSUE_GREEN

@@ -1,6 +1,6 @@
 """needle MNIST (nMNIST): is there a digit 3 in this large canvas?
 
-Paper 000 (Pawlowski et al., 2019), §2.1 and Appendix A.1. See README.md beside
+Pawlowski et al. 2019 (Pawlowski et al., 2019), §2.1 and Appendix A.1. See README.md beside
 this file for the dataset card.
 """
 
@@ -28,7 +28,7 @@ VALIDATION_SIZE = 5000  # MNIST training images [:5000] make the validation spli
 EVAL_REPEATS = 2  # Validation and test use each 3 twice (paper: 1,972 and 4,040).
 SPLIT_KEYS = {"train": 0, "validation": 1, "test": 2}
 
-# Canvas side -> clutter digits (paper 000, App. A.1; 2048 and 4096 extend it at
+# Canvas side -> clutter digits (Pawlowski et al. 2019, App. A.1; 2048 and 4096 extend it at
 # the same clutter density).
 CANVAS_CLUTTER = {64: 2, 128: 5, 256: 25, 512: 100, 1024: 400, 2048: 1600, 4096: 6400}
 

@@ -1,4 +1,4 @@
-"""Synthesis of nMNIST examples: paper 000, §2.1 and Appendix A.1.
+"""Synthesis of nMNIST examples: Pawlowski et al. 2019, §2.1 and Appendix A.1.
 
 A positive canvas holds exactly one digit 3 (the needle) and `num_clutter`
 other digits; a negative holds `num_clutter + 1` other digits. Digits keep

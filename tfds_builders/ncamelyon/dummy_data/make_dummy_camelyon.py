@@ -8,7 +8,7 @@ OUT_DIR/stage_labels.csv                               patient and node labels
 
 Each center has one annotated slide with lesions of several sizes (darker
 purple regions in pink tissue on a white background; center 3 lacks the largest,
-so that crop128_o2i_50_100 has no validation split, as in paper 000), one
+so that crop128_o2i_50_100 has no validation split, as in Pawlowski et al. 2019), one
 negative slide, and center 0 an unannotated "micro" slide. Slides are small (level 0 is 3072 x 2560;
 level 3, the one nCAMELYON reads, 384 x 320) and drawn from a fixed seed.
 """
@@ -111,7 +111,7 @@ def make_miniature(root: str | pathlib.Path, seed: int = 17) -> pathlib.Path:
         lesions = [
             circle_polygon(r + rng.integers(-4, 5), c + rng.integers(-4, 5), radius)
             for r, c, radius in LESIONS
-            if not (center == 3 and radius == LESIONS[-1][2])  # as in paper 000: no 128 crop
+            if not (center == 3 and radius == LESIONS[-1][2])  # as in Pawlowski et al.: no 128 crop
         ]  # of center 3 has a lesion covering 50-100% of it
         exclusions = [circle_polygon(200, 280, 12)]  # normal tissue inside the largest lesion
         name = f"patient_{positive:03d}_node_1"
