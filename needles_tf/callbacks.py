@@ -6,6 +6,8 @@ import csv
 import io
 import math
 import pathlib
+import shutil
+import tempfile
 from typing import Any
 
 import keras
@@ -37,7 +39,10 @@ class RunState(keras.callbacks.Callback):
 
     `state` is the dict that `new_run_state` makes or a checkpoint restored; it
     is updated in place. `inference_model` shares the trained weights and is
-    what `best-*.weights.h5` holds (no optimizer). Only the chief writes files.
+    what `best-*.weights.h5` holds (no optimizer). Only the chief writes to the
+    model directory; other workers keep their best weights in a private
+    temporary directory (`best_weights_path`), so that none of them reads a file
+    the chief may still be writing.
     """
 
     def __init__(
@@ -60,6 +65,20 @@ class RunState(keras.callbacks.Callback):
         self.every_steps = every_steps
         self.monitor = monitor
         self.is_chief = is_chief
+        self.private_dir = None
+        if not is_chief:
+            self.private_dir = pathlib.Path(tempfile.mkdtemp(prefix="needles_tf-worker-"))
+
+    def best_weights_path(self) -> pathlib.Path:
+        """Where this process finds the best weights: its own copy, else the chief's file."""
+        name = self.state["best_weights"]
+        if self.private_dir is not None and (self.private_dir / name).exists():
+            return self.private_dir / name
+        return self.model_dir / name
+
+    def remove_private_files(self) -> None:
+        if self.private_dir is not None:
+            shutil.rmtree(self.private_dir, ignore_errors=True)
 
     def on_epoch_begin(self, epoch, logs=None):
         self.learning_rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
@@ -91,10 +110,8 @@ class RunState(keras.callbacks.Callback):
                 best_epoch=epoch + 1,
                 best_weights=f"best-epoch{epoch + 1:04d}.weights.h5",
             )
-            if self.is_chief:
-                atomic_save_weights(
-                    self.inference_model, self.model_dir / self.state["best_weights"]
-                )
+            directory = self.model_dir if self.is_chief else self.private_dir
+            atomic_save_weights(self.inference_model, directory / self.state["best_weights"])
         self._save()
         if self.is_chief:
             atomic_write_text(self.model_dir / "history.csv", history_csv(self.state["history"]))

@@ -40,7 +40,7 @@ from keras import ops
 from needles_tf.checkpointing import usual_permissions, writable_directory
 from needles_tf.data import pipeline
 from needles_tf.localization.upsample import saliency_to_input
-from needles_tf.models.factory import build_model, saliency_geometry
+from needles_tf.models.factory import backbone_of, build_model
 
 SAVED_MODEL = "saved_model"
 KERAS_FILE = "model.keras"
@@ -65,8 +65,8 @@ def split_at_embedding(
 
     Both halves share `model`'s layers and weights.
     """
-    # The extractor is a nested model: its output *in this model's graph* is that of its call.
-    embedding = model.get_layer(config.extractor)._inbound_nodes[0].outputs[0]
+    # The backbone is a nested model: its output *in this model's graph* is that of its call.
+    embedding = backbone_of(model)._inbound_nodes[0].outputs[0]
     # A tensor listed under two names (attention pooling's "attention" is its "saliency")
     # cannot be cloned twice into a sub-model: keep one name, restore the others on call.
     outputs, aliases, seen = {}, {}, {}
@@ -86,10 +86,11 @@ def split_at_embedding(
 
 
 def model_metadata(
-    config: ml_collections.ConfigDict, class_names: Sequence[str] | None = None
+    model: keras.Model, config: ml_collections.ConfigDict, class_names: Sequence[str] | None = None
 ) -> dict:
     """What a loader needs to know about an exported model (written as needles_tf.json)."""
-    receptive_field, stride = saliency_geometry(config.model)
+    backbone = backbone_of(model)
+    receptive_field, stride = backbone.geometry
     classes = int(config.model.num_classes)
     names = list(class_names or [f"class_{k}" for k in range(classes)])
     if len(names) != classes:
@@ -100,6 +101,7 @@ def model_metadata(
         "class_names": names,
         "receptive_field": receptive_field,
         "stride": stride,
+        "local_cells": backbone.local_cells,
     }
 
 
@@ -123,7 +125,7 @@ def serving_module(
 ) -> keras.export.ExportArchive:
     """An ExportArchive tracking `model` with the serving signatures and its two halves."""
     channels = int(config.model.input_channels)
-    receptive_field, stride = saliency_geometry(config.model)
+    receptive_field, stride = backbone_of(model).geometry
     head = config.model.head
 
     def outputs_for(images):
@@ -208,7 +210,7 @@ def export_model(
     class_names: Sequence[str] | None = None,
 ) -> pathlib.Path:
     """Writes `model_dir/saved_model/<version>/` and `model_dir/model.keras`; returns the former."""
-    metadata = json.dumps(model_metadata(config, class_names), indent=2)
+    metadata = json.dumps(model_metadata(model, config, class_names), indent=2)
     model_dir = pathlib.Path(model_dir)
     base = model_dir / SAVED_MODEL
     base.mkdir(parents=True, exist_ok=True)

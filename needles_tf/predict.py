@@ -39,7 +39,6 @@ from PIL import Image
 from needles_tf import export
 from needles_tf.localization.tiling import tiled_grid
 from needles_tf.localization.upsample import saliency_to_input
-from needles_tf.models.factory import has_local_cells
 from needles_tf.plots import outline, saliency_overlay
 
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -238,7 +237,7 @@ def predict_files(
             f"({receptive_field} pixels)."
         )
     names = model.metadata["class_names"]
-    exact_tiling = has_local_cells(model.config)
+    exact_tiling = bool(model.metadata.get("local_cells", False))
     if out_dir is not None:
         out_dir = pathlib.Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -30,7 +30,8 @@ from needles_tf.callbacks import NonFiniteLossError, RunState, SaliencyOverlays,
 from needles_tf.checkpointing import CheckpointManager, atomic_write_text, writable_directory
 from needles_tf.data import pipeline
 from needles_tf.layers.pooling import POOLINGS
-from needles_tf.models.factory import EXTRACTORS, build_model, saliency_geometry
+from needles_tf.models.backbone import BACKBONES
+from needles_tf.models.factory import backbone_of, build_model
 from needles_tf.models.heads import HEADS
 from needles_tf.precision import POLICIES as PRECISIONS
 from needles_tf.precision import resolve_dtype_policy
@@ -69,7 +70,7 @@ flags.DEFINE_enum("pooling", None, sorted(POOLINGS), "model.pooling: global pool
 flags.DEFINE_enum("rf", None, RECEPTIVE_FIELDS, "model.receptive_field: BagNet receptive field.")
 flags.DEFINE_float("width", None, "model.width: capacity s (> 0).")
 flags.DEFINE_enum("head", None, sorted(HEADS), "model.head: embedding or instance pooling.")
-flags.DEFINE_enum("extractor", None, sorted(EXTRACTORS), "model.extractor.")
+flags.DEFINE_enum("extractor", None, sorted(BACKBONES), "model.extractor.")
 flags.DEFINE_string("dataset", None, "TFDS name/config, e.g. nmnist/canvas_256.")
 flags.DEFINE_integer("train_size", None, "Distinct training images; 0 = the whole split.")
 flags.DEFINE_float("positive_fraction", None, "Fraction of positives in the training set.")
@@ -330,20 +331,22 @@ def train(
             f"{state['global_step']} steps done.",
             flush=True,
         )
+    run_state = None
     if state["epoch"] < config.epochs:
+        run_state = RunState(
+            state,
+            manager,
+            model_dir,
+            inference,
+            data.steps_per_epoch,
+            config.checkpoint_every_steps,
+            is_chief=chief,
+            # "accuracy" (Pawlowski et al. 2019) or "auc", the mean over classes
+            # (Yao et al. 2018, §4.2).
+            monitor=f"val_{config.get('best_metric', 'accuracy')}",
+        )
         callbacks = [
-            RunState(
-                state,
-                manager,
-                model_dir,
-                inference,
-                data.steps_per_epoch,
-                config.checkpoint_every_steps,
-                is_chief=chief,
-                # "accuracy" (Pawlowski et al. 2019) or "auc", the mean over classes
-                # (Yao et al. 2018, §4.2).
-                monitor=f"val_{config.get('best_metric', 'accuracy')}",
-            ),
+            run_state,
             keras.callbacks.TensorBoard(log_dir=str(model_dir / "tensorboard")),
             *extra_callbacks,
         ]
@@ -355,7 +358,11 @@ def train(
 
     if evaluated:
         return json.loads(metrics_path.read_text())
-    inference.load_weights(model_dir / state["best_weights"])
+    if run_state is None:
+        inference.load_weights(model_dir / state["best_weights"])
+    else:
+        inference.load_weights(run_state.best_weights_path())
+        run_state.remove_private_files()
     test_metrics = training.evaluate(data.test, return_dict=True, verbose=0)
     best_row = state["history"][state["best_epoch"] - 1]
     metrics = {
@@ -409,7 +416,7 @@ def _saliency_overlays(config, inference, model_dir: pathlib.Path, data_dir: str
         images,
         boxes,
         labels,
-        saliency_geometry(config.model),
+        backbone_of(inference).geometry,
         model_dir / "tensorboard",
     )
 

@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from needles_tf.layers import normalization
 from needles_tf.layers.pooling import POOLINGS
-from needles_tf.models.bagnet import build_bagnet
+from needles_tf.models.bagnet import BagNetBackbone
 from needles_tf.models.factory import build_model
 
 CONFIGS = pathlib.Path(__file__).parents[1] / "configs"
@@ -47,7 +47,7 @@ def test_receptive_field(receptive_field, monkeypatch):
 
     monkeypatch.setattr(normalization, "instance_normalize", constant_statistics)
     monkeypatch.setattr(normalization, "FUSED_KERNEL_MIN_VALUES", float("inf"))
-    extractor = build_bagnet(1, receptive_field, width=0.125)
+    extractor = BagNetBackbone(1, receptive_field, width=0.125)
     size = receptive_field + 8 * 4
     image = tf.constant(np.random.default_rng(0).uniform(size=(1, size, size, 1)), tf.float32)
     with tf.GradientTape() as tape:

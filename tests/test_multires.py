@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from needles_tf.models import multires
-from needles_tf.models.factory import build_model, saliency_geometry
+from needles_tf.models.factory import backbone_of, build_model
 
 
 def multires_config(**fields) -> ml_collections.ConfigDict:
@@ -44,11 +44,12 @@ def test_saliency_resolution_is_input_over_stride(size, stride, levels, grid):
     outputs = model(np.zeros((2, *size, 1), np.float32))
     assert outputs["saliency"].shape == (2, *grid, 3)
     assert outputs["probability"].shape == (2, 3)
-    assert saliency_geometry(multires_config(saliency_stride=stride)) == (stride, stride)
+    backbone = backbone_of(model)
+    assert backbone.geometry == (stride, stride) and not backbone.local_cells
 
 
 def test_levels_dense_blocks_and_fusion_are_wired_as_in_the_paper():
-    model = multires.build_multires(1, levels=3, saliency_stride=8, width=0.25, growth_rate=4)
+    model = multires.MultiResBackbone(1, levels=3, saliency_stride=8, width=0.25, growth_rate=4)
     names = {layer.name for layer in model.layers}
     # ResNet halvings to strides 4, 8, 16, 32; dense blocks at 8, 16, 32; fusion 32 -> 16 -> 8.
     assert {"down4_add", "down8_add", "down16_add", "down32_add"} <= names
@@ -73,9 +74,9 @@ def test_upsample_like_is_nearest_neighbour_and_crops():
 
 def test_bad_settings_are_named():
     with pytest.raises(ValueError, match="saliency_stride=6: expected a power of 2"):
-        multires.build_multires(1, saliency_stride=6)
+        multires.MultiResBackbone(1, saliency_stride=6)
     with pytest.raises(ValueError, match="levels=0"):
-        multires.build_multires(1, levels=0)
+        multires.MultiResBackbone(1, levels=0)
 
 
 def test_keras_file_round_trip(tmp_path):

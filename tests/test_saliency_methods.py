@@ -10,7 +10,7 @@ from conftest import tiny_bagnet_config
 
 from needles_tf.localization.methods import SALIENCY_METHODS, get_saliency_method, soft_threshold
 from needles_tf.localization.upsample import saliency_to_input
-from needles_tf.models.factory import build_model, saliency_geometry
+from needles_tf.models.factory import backbone_of, build_model
 
 
 def tiny(head: str, pooling: str) -> tuple[keras.Model, ml_collections.ConfigDict]:
@@ -31,26 +31,26 @@ IMAGES = np.random.default_rng(0).integers(0, 256, (2, 40, 40, 1)).astype(np.flo
     ],
 )
 def test_methods_give_finite_maps_at_input_size(head, pooling, methods):
-    model, config = tiny(head, pooling)
+    model, _ = tiny(head, pooling)
     for name in methods:
         maps = np.asarray(
-            get_saliency_method(name)(model, IMAGES, geometry=saliency_geometry(config))
+            get_saliency_method(name)(model, IMAGES, geometry=backbone_of(model).geometry)
         )
         assert maps.shape == (2, 40, 40) and np.isfinite(maps).all(), name
 
 
 def test_instance_map_is_the_upsampled_instance_probability():
-    model, config = tiny("instance", "lse_lba")
+    model, _ = tiny("instance", "lse_lba")
     grid = model(IMAGES)["saliency"]
-    expected = np.asarray(saliency_to_input(grid, 40, 40, *saliency_geometry(config)))[..., 0]
-    got = SALIENCY_METHODS["instance"](model, IMAGES, geometry=saliency_geometry(config))
+    expected = np.asarray(saliency_to_input(grid, 40, 40, *backbone_of(model).geometry))[..., 0]
+    got = SALIENCY_METHODS["instance"](model, IMAGES, geometry=backbone_of(model).geometry)
     np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-6)
 
 
 def test_a_method_the_model_cannot_give_is_named():
-    model, config = tiny("instance", "lse_lba")
+    model, _ = tiny("instance", "lse_lba")
     with pytest.raises(ValueError, match=r"--saliency='cam' needs a model with head='embedding'"):
-        SALIENCY_METHODS["cam"](model, IMAGES, geometry=saliency_geometry(config))
+        SALIENCY_METHODS["cam"](model, IMAGES, geometry=backbone_of(model).geometry)
     with pytest.raises(ValueError, match=r"--saliency='grad'.*'gradient'"):
         get_saliency_method("grad")
 

@@ -3,7 +3,7 @@
 Each method is called as `method(model, images, geometry=(rf, stride), k=0)`
 with the classifier (the dict-output model of needles_tf.models.factory), a
 batch of images in [0, 255] (B, H, W, C), the geometry of its saliency grid
-(needles_tf.models.factory.saliency_geometry) and the class index k, and
+(its backbone's `geometry`) and the class index k, and
 returns (B, H, W) float32 maps. The [0, 1] view (needles_tf.metrics.unit_interval) is for display.
 """
 

@@ -17,6 +17,7 @@ import keras
 from needles_tf.layers.cropping import CropBorder
 from needles_tf.layers.normalization import NORMALIZATIONS
 from needles_tf.layers.pointwise import StridedPointwiseConv2D
+from needles_tf.models.backbone import Backbone, register_backbone
 
 STAGE_PLANES = (64, 128, 256, 512)
 STAGE_BLOCKS = (3, 4, 6, 3)
@@ -27,16 +28,64 @@ WIDEN_1X1 = 2.5
 THREE_BY_THREE_BLOCKS = {9: (1, 1, 0, 0), 33: (1, 1, 1, 1), 177: (3, 4, 6, 3)}
 
 
-def build_bagnet(
-    input_channels: int = 1,
-    receptive_field: int = 33,
-    width: float = 1.0,
-    dtype: str | None = None,
-    name: str = "bagnet",
-    normalization: str = "instance",
-    zero_init_residual: bool = False,
-) -> keras.Model:
-    """(B, H, W, input_channels) float -> (B, h, w, 2048·width) embedding, h ≈ (H - RF)/8 + 1."""
+@register_backbone("bagnet")
+class BagNetBackbone(Backbone):
+    """(B, H, W, input_channels) float -> (B, h, w, 2048·width) embedding, h = (H - RF)/8 + 1.
+
+    Receptive field `receptive_field` (9, 33 or 177) at stride 8; every cell is
+    computed from its window alone under batch normalization (at inference), not
+    under instance normalization, whose statistics are those of the whole input.
+    """
+
+    def __init__(
+        self,
+        input_channels: int = 1,
+        receptive_field: int = 33,
+        width: float = 1.0,
+        normalization: str = "instance",
+        zero_init_residual: bool = False,
+        dtype: str | None = None,
+        name: str = "bagnet",
+        **kwargs,
+    ):
+        inputs, outputs = _bagnet_graph(
+            input_channels, receptive_field, width, normalization, zero_init_residual, dtype
+        )
+        super().__init__(
+            inputs,
+            outputs,
+            receptive_field=receptive_field,
+            stride=8,
+            local_cells=normalization == "batch",
+            name=name,
+            **kwargs,
+        )
+        self.arguments = dict(
+            input_channels=input_channels,
+            receptive_field=receptive_field,
+            width=width,
+            normalization=normalization,
+            zero_init_residual=zero_init_residual,
+            dtype=dtype,
+        )
+
+    @classmethod
+    def from_model_config(cls, config, dtype: str | None) -> BagNetBackbone:
+        return cls(
+            input_channels=config.input_channels,
+            receptive_field=config.receptive_field,
+            width=config.width,
+            normalization=config.get("normalization", "instance"),
+            zero_init_residual=config.get("zero_init_residual", False),
+            dtype=dtype,
+        )
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), **self.arguments}
+
+
+def _bagnet_graph(input_channels, receptive_field, width, normalization, zero_init_residual, dtype):
+    """The functional graph (inputs, embedding) of a BagNet, after checking its settings."""
     if receptive_field not in THREE_BY_THREE_BLOCKS:
         raise ValueError(
             f"receptive_field={receptive_field}: expected one of {sorted(THREE_BY_THREE_BLOCKS)}."
@@ -73,7 +122,7 @@ def build_bagnet(
                 stride=stride if block == 0 else 1,
                 name=f"stage{stage}_block{block + 1}",
             )
-    return keras.Model(inputs, x, name=name)
+    return inputs, x
 
 
 class _Layers:

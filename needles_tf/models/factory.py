@@ -1,9 +1,9 @@
 """build_model(config): image -> extractor -> MIL head -> named outputs.
 
 `config` is an ml_collections ConfigDict (see configs/) with the fields
-  extractor: name in EXTRACTORS: "bagnet" (Pawlowski et al. 2019), or "multires" (Yao et al. 2018,
-    needles_tf/models/multires.py, with levels, saliency_stride, growth_rate and
-    dense_layers; width scales its channels),
+  extractor: a name in needles_tf.models.backbone.BACKBONES: "bagnet" (Pawlowski et
+    al. 2019), or "multires" (Yao et al. 2018, needles_tf/models/multires.py, with
+    levels, saliency_stride, growth_rate and dense_layers; width scales its channels),
   receptive_field, width: the BagNet receptive field (9, 33, 177) and capacity s,
   normalization, zero_init_residual: "instance" (Pawlowski et al. 2019) or "batch", and
     whether each residual block's last normalization starts at gamma = 0,
@@ -19,61 +19,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import keras
 from keras import ops
 
-from needles_tf.models.bagnet import build_bagnet
+from needles_tf.models.backbone import Backbone, get_backbone_class
 from needles_tf.models.heads import HEADS
-from needles_tf.models.multires import build_multires
 from needles_tf.precision import resolve_dtype_policy
 
-EXTRACTORS: dict[str, Callable[..., keras.Model]] = {
-    "bagnet": lambda config, dtype: build_bagnet(
-        config.input_channels,
-        config.receptive_field,
-        config.width,
-        dtype=dtype,
-        normalization=config.get("normalization", "instance"),
-        zero_init_residual=config.get("zero_init_residual", False),
-    ),
-    "multires": lambda config, dtype: build_multires(
-        config.input_channels,
-        levels=config.get("levels", 3),
-        saliency_stride=config.get("saliency_stride", 8),
-        width=config.get("width", 1.0),
-        growth_rate=config.get("growth_rate", 16),
-        dense_layers=config.get("dense_layers", 2),
-        normalization=config.get("normalization", "batch"),
-        dtype=dtype,
-    ),
-}
 
-# Extractor -> (receptive field, output stride) of one saliency grid cell, for upsampling.
-GEOMETRY: dict[str, Callable[..., tuple[int, int]]] = {
-    "bagnet": lambda config: (int(config.receptive_field), 8),
-    # "same" padding: cell i is centred on [s·i, s·i + s); its context is far wider.
-    "multires": lambda config: (int(config.get("saliency_stride", 8)),) * 2,
-}
-
-
-# Extractor -> whether each grid cell depends on its receptive-field window alone, so that
-# tiled inference equals whole-image inference (instance normalization sees the whole input).
-LOCAL_CELLS: dict[str, Callable[..., bool]] = {
-    "bagnet": lambda config: config.get("normalization", "instance") == "batch",
-    "multires": lambda config: False,  # coarse levels see far beyond any tile
-}
-
-
-def has_local_cells(config) -> bool:
-    """Whether `config`'s extractor computes each grid cell from its window alone."""
-    return LOCAL_CELLS[config.extractor](config)
-
-
-def saliency_geometry(config) -> tuple[int, int]:
-    """(receptive field, stride) in input pixels of the saliency grid of `config`'s model."""
-    return GEOMETRY[config.extractor](config)
+def backbone_of(model: keras.Model) -> Backbone:
+    """The backbone inside a model built by `build_model`."""
+    backbones = [layer for layer in model.layers if isinstance(layer, Backbone)]
+    if len(backbones) != 1:
+        raise ValueError(f"{model.name}: expected one Backbone layer, found {len(backbones)}.")
+    return backbones[0]
 
 
 @keras.saving.register_keras_serializable(package="needles_tf")
@@ -105,16 +64,16 @@ class ImagePreprocessing(keras.layers.Layer):
 
 def build_model(config) -> keras.Model:
     """The classifier of `config`, returning a dict of named outputs."""
-    if config.extractor not in EXTRACTORS:
-        raise ValueError(f"extractor={config.extractor!r}: expected one of {sorted(EXTRACTORS)}.")
     if config.head not in HEADS:
         raise ValueError(f"head={config.head!r}: expected one of {sorted(HEADS)}.")
     if config.num_classes < 1:
         raise ValueError(f"num_classes={config.num_classes}: expected at least 1.")
+    backbone_class = get_backbone_class(config.extractor)  # an unknown name fails first
     dtype = resolve_dtype_policy(config.get("dtype_policy", None))
     images = keras.Input((None, None, None), name="image")
     x = ImagePreprocessing(config.input_channels, dtype=dtype, name="preprocessing")(images)
-    embedding = EXTRACTORS[config.extractor](config, dtype)(x)
+    backbone = backbone_class.from_model_config(config, dtype)
+    embedding = backbone(x)
     outputs = HEADS[config.head](
         embedding,
         num_classes=config.num_classes,

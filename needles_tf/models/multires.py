@@ -22,6 +22,7 @@ from keras import ops
 
 from needles_tf.layers.normalization import NORMALIZATIONS
 from needles_tf.layers.pointwise import StridedPointwiseConv2D
+from needles_tf.models.backbone import Backbone, register_backbone
 
 
 @keras.saving.register_keras_serializable(package="needles_tf")
@@ -38,25 +39,74 @@ class UpsampleLike(keras.layers.Layer):
         return (*reference_shape[:3], x_shape[3])
 
 
-def build_multires(
-    input_channels: int = 1,
-    *,
-    levels: int = 3,
-    saliency_stride: int = 8,
-    width: float = 1.0,
-    growth_rate: int = 16,
-    dense_layers: int = 2,
-    normalization: str = "batch",
-    dtype: str | None = None,
-    name: str = "multires",
-) -> keras.Model:
+@register_backbone("multires")
+class MultiResBackbone(Backbone):
     """(B, H, W, input_channels) -> (B, ceil(H / saliency_stride), ..., C) fused features.
 
     `levels`: resolutions with a dense block, from the saliency stride down (stride
     saliency_stride · 2^(levels - 1) at the coarsest); `width` scales every channel
     count (32 at stride 2, doubling per halving); `growth_rate`, `dense_layers`: each
-    dense block adds dense_layers maps of growth_rate channels.
+    dense block adds dense_layers maps of growth_rate channels. With "same" padding,
+    cell i is centred on [s·i, s·i + s) (its geometry for display: window s, stride s)
+    while its context reaches far wider: no cell is local.
     """
+
+    def __init__(
+        self,
+        input_channels: int = 1,
+        levels: int = 3,
+        saliency_stride: int = 8,
+        width: float = 1.0,
+        growth_rate: int = 16,
+        dense_layers: int = 2,
+        normalization: str = "batch",
+        dtype: str | None = None,
+        name: str = "multires",
+        **kwargs,
+    ):
+        arguments = dict(
+            input_channels=input_channels,
+            levels=levels,
+            saliency_stride=saliency_stride,
+            width=width,
+            growth_rate=growth_rate,
+            dense_layers=dense_layers,
+            normalization=normalization,
+            dtype=dtype,
+        )
+        inputs, outputs = _multires_graph(**arguments)
+        super().__init__(
+            inputs,
+            outputs,
+            receptive_field=saliency_stride,
+            stride=saliency_stride,
+            local_cells=False,
+            name=name,
+            **kwargs,
+        )
+        self.arguments = arguments
+
+    @classmethod
+    def from_model_config(cls, config, dtype: str | None) -> MultiResBackbone:
+        return cls(
+            input_channels=config.input_channels,
+            levels=config.get("levels", 3),
+            saliency_stride=config.get("saliency_stride", 8),
+            width=config.get("width", 1.0),
+            growth_rate=config.get("growth_rate", 16),
+            dense_layers=config.get("dense_layers", 2),
+            normalization=config.get("normalization", "batch"),
+            dtype=dtype,
+        )
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), **self.arguments}
+
+
+def _multires_graph(
+    input_channels, levels, saliency_stride, width, growth_rate, dense_layers, normalization, dtype
+):
+    """The functional graph (inputs, fused features), after checking the settings."""
     if saliency_stride < 2 or saliency_stride & (saliency_stride - 1):
         raise ValueError(f"saliency_stride={saliency_stride}: expected a power of 2, >= 2.")
     if levels < 1:
@@ -96,7 +146,7 @@ def build_multires(
         fused = make.conv_norm_relu(
             joined, int(resolutions[i].shape[-1]), 3, 1, f"fuse{level_stride}"
         )
-    return keras.Model(inputs, fused, name=name)
+    return inputs, fused
 
 
 class _Layers:
