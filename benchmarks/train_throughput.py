@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
-from needles_tf.models.factory import backbone_of, build_model
+from needles_tf.models.factory import build_model
 
 _POLICIES = flags.DEFINE_list("dtype_policy", ["float32"], "Keras dtype policies to compare.")
 _JIT = flags.DEFINE_list("jit_compile", ["false"], "XLA settings to compare (true/false).")
@@ -47,7 +47,7 @@ def model_config(width: float, policy: str) -> ml_collections.ConfigDict:
 
 def forward_flops(model: keras.Model, size: int) -> float:
     """2 x multiply-adds of every convolution for one size x size image."""
-    extractor = backbone_of(model)
+    extractor = model.backbone
     layers = [layer for layer in extractor.layers if isinstance(layer, keras.layers.Conv2D)]
     probe = keras.Model(extractor.input, [layer.output for layer in layers])
     shapes = [o.shape for o in probe(np.zeros((1, size, size, 1), np.float32))]

@@ -32,7 +32,6 @@ from needles_tf import export, metrics
 from needles_tf.checkpointing import atomic_write_text, writable_directory
 from needles_tf.data import load, pipeline
 from needles_tf.localization.methods import get_saliency_method
-from needles_tf.models.factory import backbone_of
 from needles_tf.plots import saliency_overlay
 
 matplotlib.use("Agg")
@@ -63,7 +62,7 @@ def evaluate(
     """Computes, writes and returns the metrics of `model_dir`'s best weights on `split`."""
     model_dir = writable_directory(model_dir, create=False)
     model, config = export.load_run(model_dir)
-    geometry = backbone_of(model).geometry
+    geometry = model.geometry
     pooling = config.model.pooling
     methods = methods or ["attention" if "attention" in pooling else NATIVE_MAP[config.model.head]]
     method_fns = {name: get_saliency_method(name) for name in methods}

@@ -9,8 +9,8 @@ both returning
   probability    float32 [batch, K]
   saliency       float32 [batch, height, width, K], in [0, 1], at the input's size
   saliency_grid  float32 [batch, h, w, K], the model's native map, raw scale;
-and the model in two halves, for tiled inference on images too large for one
-piece (needles_tf.predict):
+and the model in two halves (NeedleClassifier.embed and .classify_embedding), for
+tiled inference on images too large for one piece (needles_tf.predict):
   features(image: float32 [batch, height, width, 1 or 3], values in [0, 255])
       -> embedding  float32 [batch, h, w, D], the extractor's grid
   head(embedding) -> probability, saliency_grid and saliency_unit ([0, 1], on the grid).
@@ -28,7 +28,7 @@ import pathlib
 import shutil
 import tempfile
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import keras
 import ml_collections
@@ -40,57 +40,35 @@ from keras import ops
 from needles_tf.checkpointing import usual_permissions, writable_directory
 from needles_tf.data import pipeline
 from needles_tf.localization.upsample import saliency_to_input
-from needles_tf.models.factory import backbone_of, build_model
+from needles_tf.models.factory import build_model
 
 SAVED_MODEL = "saved_model"
 KERAS_FILE = "model.keras"
 METADATA_FILE = "needles_tf.json"
 
 
-def unit_saliency(outputs: dict, head: str):
-    """The saliency grid mapped to [0, 1]: instance probabilities as they are, attention
-    weights divided by their maximum per image, class activation maps through a sigmoid."""
-    grid = ops.cast(outputs["saliency"], "float32")
-    if head == "instance":
-        return grid
-    if "attention" in outputs:
-        return grid / ops.maximum(ops.max(grid, axis=(1, 2), keepdims=True), 1e-12)
-    return ops.sigmoid(grid)
+def served_saliency(outputs: dict, head: str) -> tuple:
+    """(raw grid, grid in [0, 1]) of the map the export serves.
 
-
-def split_at_embedding(
-    model: keras.Model, config: ml_collections.ConfigDict
-) -> tuple[keras.Model, Callable[..., dict]]:
-    """(image -> embedding model, embedding -> outputs function): `model` cut after its extractor.
-
-    Both halves share `model`'s layers and weights.
+    The instance head's probabilities as they are; for the embedding head the
+    attention weights (divided by their maximum per image) when pooling has them,
+    else the class activation map through a sigmoid.
     """
-    # The backbone is a nested model: its output *in this model's graph* is that of its call.
-    embedding = backbone_of(model)._inbound_nodes[0].outputs[0]
-    # A tensor listed under two names (attention pooling's "attention" is its "saliency")
-    # cannot be cloned twice into a sub-model: keep one name, restore the others on call.
-    outputs, aliases, seen = {}, {}, {}
-    for name, tensor in model.output.items():
-        if id(tensor) in seen:
-            aliases[name] = seen[id(tensor)]
-        else:
-            seen[id(tensor)] = name
-            outputs[name] = tensor
-    head_model = keras.Model(embedding, outputs)
-
-    def head(grid, training: bool = False) -> dict:
-        result = dict(head_model(grid, training=training))
-        return {**result, **{name: result[source] for name, source in aliases.items()}}
-
-    return keras.Model(model.input, embedding), head
+    if head == "instance":
+        grid = ops.cast(outputs["saliency"], "float32")
+        return grid, grid
+    if "attention" in outputs:
+        grid = ops.cast(outputs["attention"], "float32")
+        return grid, grid / ops.maximum(ops.max(grid, axis=(1, 2), keepdims=True), 1e-12)
+    grid = ops.cast(outputs["saliency"], "float32")
+    return grid, ops.sigmoid(grid)
 
 
 def model_metadata(
     model: keras.Model, config: ml_collections.ConfigDict, class_names: Sequence[str] | None = None
 ) -> dict:
     """What a loader needs to know about an exported model (written as needles_tf.json)."""
-    backbone = backbone_of(model)
-    receptive_field, stride = backbone.geometry
+    receptive_field, stride = model.geometry
     classes = int(config.model.num_classes)
     names = list(class_names or [f"class_{k}" for k in range(classes)])
     if len(names) != classes:
@@ -101,7 +79,7 @@ def model_metadata(
         "class_names": names,
         "receptive_field": receptive_field,
         "stride": stride,
-        "local_cells": backbone.local_cells,
+        "local_cells": model.local_cells,
     }
 
 
@@ -125,18 +103,17 @@ def serving_module(
 ) -> keras.export.ExportArchive:
     """An ExportArchive tracking `model` with the serving signatures and its two halves."""
     channels = int(config.model.input_channels)
-    receptive_field, stride = backbone_of(model).geometry
+    receptive_field, stride = model.geometry
     head = config.model.head
 
     def outputs_for(images):
         outputs = model(images, training=False)
+        grid, unit = served_saliency(outputs, head)
         height, width = tf.shape(images)[1], tf.shape(images)[2]
         return {
             "probability": tf.cast(outputs["probability"], tf.float32),
-            "saliency": saliency_to_input(
-                unit_saliency(outputs, head), height, width, receptive_field, stride
-            ),
-            "saliency_grid": tf.cast(outputs["saliency"], tf.float32),
+            "saliency": saliency_to_input(unit, height, width, receptive_field, stride),
+            "saliency_grid": grid,
         }
 
     def serve(image):
@@ -150,17 +127,16 @@ def serving_module(
         )
         return outputs_for(images)
 
-    features, head_outputs = split_at_embedding(model, config.model)
-
     def serve_features(image):
-        return {"embedding": tf.cast(features(image, training=False), tf.float32)}
+        return {"embedding": tf.cast(model.embed(image), tf.float32)}
 
     def serve_head(embedding):
-        outputs = head_outputs(embedding, training=False)
+        outputs = model.classify_embedding(embedding)
+        grid, unit = served_saliency(outputs, head)
         return {
             "probability": tf.cast(outputs["probability"], tf.float32),
-            "saliency_grid": tf.cast(outputs["saliency"], tf.float32),
-            "saliency_unit": unit_saliency(outputs, head),
+            "saliency_grid": grid,
+            "saliency_unit": unit,
         }
 
     archive = keras.export.ExportArchive()
@@ -180,7 +156,7 @@ def serving_module(
         serve_features,
         input_signature=[tf.TensorSpec([None, None, None, None], tf.float32, name="image")],
     )
-    embedding_channels = int(features.output.shape[-1])
+    embedding_channels = model.backbone.embedding_dim
     archive.add_endpoint(
         "head",
         serve_head,

@@ -85,20 +85,20 @@ def load_exported(path: str | os.PathLike) -> ExportedModel:
 
 
 def keras_model_parts(model, metadata: dict) -> ExportedModel:
-    """An ExportedModel from a Keras model built by needles_tf and its export metadata."""
-    config = ml_collections.ConfigDict(metadata["model"])
-    features, head_outputs = export.split_at_embedding(model, config)
+    """An ExportedModel from a NeedleClassifier and its export metadata."""
+    head_name = metadata["model"]["head"]
 
     def head(grid: np.ndarray) -> dict[str, np.ndarray]:
-        outputs = head_outputs(grid, training=False)
+        outputs = model.classify_embedding(grid)
+        raw, unit = export.served_saliency(outputs, head_name)
         return {
             "probability": np.asarray(outputs["probability"], np.float32),
-            "saliency_grid": np.asarray(outputs["saliency"], np.float32),
-            "saliency_unit": np.asarray(export.unit_saliency(outputs, config.head)),
+            "saliency_grid": np.asarray(raw, np.float32),
+            "saliency_unit": np.asarray(unit, np.float32),
         }
 
     return ExportedModel(
-        features=lambda images: np.asarray(features(images, training=False), np.float32),
+        features=lambda images: np.asarray(model.embed(images), np.float32),
         head=head,
         metadata=metadata,
     )

@@ -31,7 +31,7 @@ from needles_tf.checkpointing import CheckpointManager, atomic_write_text, writa
 from needles_tf.data import pipeline
 from needles_tf.layers.pooling import POOLINGS
 from needles_tf.models.backbone import BACKBONES
-from needles_tf.models.factory import backbone_of, build_model
+from needles_tf.models.factory import build_model
 from needles_tf.models.heads import HEADS
 from needles_tf.precision import POLICIES as PRECISIONS
 from needles_tf.precision import resolve_dtype_policy
@@ -416,7 +416,7 @@ def _saliency_overlays(config, inference, model_dir: pathlib.Path, data_dir: str
         images,
         boxes,
         labels,
-        backbone_of(inference).geometry,
+        inference.geometry,
         model_dir / "tensorboard",
     )
 

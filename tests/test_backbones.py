@@ -9,7 +9,7 @@ from conftest import tiny_bagnet_config
 
 from needles_tf.models.backbone import BACKBONES, Backbone, get_backbone_class
 from needles_tf.models.bagnet import BagNetBackbone
-from needles_tf.models.factory import backbone_of, build_model
+from needles_tf.models.factory import build_model
 from needles_tf.models.multires import MultiResBackbone
 
 
@@ -50,7 +50,7 @@ def test_a_backbone_round_trips_through_a_keras_file(tmp_path, fields):
     x = np.random.default_rng(0).uniform(0, 255, (1, 40, 40, 1)).astype(np.float32)
     model.save(tmp_path / "m.keras")
     loaded = keras.saving.load_model(tmp_path / "m.keras")
-    backbone, original = backbone_of(loaded), backbone_of(model)
+    backbone, original = loaded.backbone, model.backbone
     assert type(backbone) is type(original) and isinstance(backbone, Backbone)
     assert backbone.get_config() == original.get_config()
     assert (backbone.geometry, backbone.local_cells) == (original.geometry, original.local_cells)

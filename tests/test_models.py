@@ -111,9 +111,11 @@ def test_outputs_are_named_and_shaped(head, pooling):
     images = np.zeros((2, 56, 48, 3), np.float32)  # 3 channels into a 1-channel model
     outputs = model(images)
     assert outputs["logits"].shape == (2, 3) and outputs["probability"].shape == (2, 3)
-    saliency_channels = 1 if (head, pooling) == ("embedding", "attention") else 3
-    assert outputs["saliency"].shape == (2, 3, 2, saliency_channels)
+    # The head's own map (CAM or instance probabilities), never the attention weights.
+    assert outputs["saliency"].shape == (2, 3, 2, 3)
     assert ("attention" in outputs) == (pooling == "attention")
+    if pooling == "attention":
+        assert outputs["attention"].shape == (2, 3, 2, 1)
     probability = np.asarray(outputs["probability"])
     assert np.all((probability >= 0) & (probability <= 1))
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from needles_tf.models import multires
-from needles_tf.models.factory import backbone_of, build_model
+from needles_tf.models.factory import build_model
 
 
 def multires_config(**fields) -> ml_collections.ConfigDict:
@@ -44,7 +44,7 @@ def test_saliency_resolution_is_input_over_stride(size, stride, levels, grid):
     outputs = model(np.zeros((2, *size, 1), np.float32))
     assert outputs["saliency"].shape == (2, *grid, 3)
     assert outputs["probability"].shape == (2, 3)
-    backbone = backbone_of(model)
+    backbone = model.backbone
     assert backbone.geometry == (stride, stride) and not backbone.local_cells
 
 

@@ -55,11 +55,11 @@ def test_models_have_no_strided_conv2d():
     """The oneDNN kernel at fault is never reached: strided 1x1 convolutions use the new layer."""
     from conftest import tiny_bagnet_config
 
-    from needles_tf.models.factory import backbone_of, build_model
+    from needles_tf.models.factory import build_model
 
     for fields in (dict(receptive_field=rf) for rf in (9, 33, 177)):
         model = build_model(tiny_bagnet_config(**fields))
-        layers = backbone_of(model).layers
+        layers = model.backbone.layers
         strided = [layer for layer in layers if isinstance(layer, StridedPointwiseConv2D)]
         assert strided, "expected the stride-2 shortcuts to use StridedPointwiseConv2D"
         for layer in layers:

@@ -68,15 +68,11 @@ def test_axis_spans_cover_every_cell_once_with_receptive_field_overlap():
     ],
 )
 def test_tiled_inference_equals_whole_image_inference(head, pooling, pooling_kwargs):
-    model, config = local_model(head=head, pooling=pooling, pooling_kwargs=pooling_kwargs)
+    model, _ = local_model(head=head, pooling=pooling, pooling_kwargs=pooling_kwargs)
     image = np.random.default_rng(2).uniform(0, 255, (150, 190, 1)).astype("float32")
     whole = model(image[None], training=False)
-    features, head = export.split_at_embedding(model, config)
-
-    grid, tiles = tiled_grid(
-        lambda x: features(x, training=False), image, 48, RECEPTIVE_FIELD, STRIDE
-    )
-    tiled = head(grid, training=False)
+    grid, tiles = tiled_grid(model.embed, image, 48, RECEPTIVE_FIELD, STRIDE)
+    tiled = model.classify_embedding(grid)
 
     assert tiles == 4 * 5
     for name in ("saliency", "logits", "probability"):  # logits: unsaturated, so telling

@@ -10,7 +10,7 @@ from conftest import tiny_bagnet_config
 
 from needles_tf.localization.methods import SALIENCY_METHODS, get_saliency_method, soft_threshold
 from needles_tf.localization.upsample import saliency_to_input
-from needles_tf.models.factory import backbone_of, build_model
+from needles_tf.models.factory import build_model
 
 
 def tiny(head: str, pooling: str) -> tuple[keras.Model, ml_collections.ConfigDict]:
@@ -33,24 +33,22 @@ IMAGES = np.random.default_rng(0).integers(0, 256, (2, 40, 40, 1)).astype(np.flo
 def test_methods_give_finite_maps_at_input_size(head, pooling, methods):
     model, _ = tiny(head, pooling)
     for name in methods:
-        maps = np.asarray(
-            get_saliency_method(name)(model, IMAGES, geometry=backbone_of(model).geometry)
-        )
+        maps = np.asarray(get_saliency_method(name)(model, IMAGES, geometry=model.geometry))
         assert maps.shape == (2, 40, 40) and np.isfinite(maps).all(), name
 
 
 def test_instance_map_is_the_upsampled_instance_probability():
     model, _ = tiny("instance", "lse_lba")
     grid = model(IMAGES)["saliency"]
-    expected = np.asarray(saliency_to_input(grid, 40, 40, *backbone_of(model).geometry))[..., 0]
-    got = SALIENCY_METHODS["instance"](model, IMAGES, geometry=backbone_of(model).geometry)
+    expected = np.asarray(saliency_to_input(grid, 40, 40, *model.geometry))[..., 0]
+    got = SALIENCY_METHODS["instance"](model, IMAGES, geometry=model.geometry)
     np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-6)
 
 
 def test_a_method_the_model_cannot_give_is_named():
     model, _ = tiny("instance", "lse_lba")
     with pytest.raises(ValueError, match=r"--saliency='cam' needs a model with head='embedding'"):
-        SALIENCY_METHODS["cam"](model, IMAGES, geometry=backbone_of(model).geometry)
+        SALIENCY_METHODS["cam"](model, IMAGES, geometry=model.geometry)
     with pytest.raises(ValueError, match=r"--saliency='grad'.*'gradient'"):
         get_saliency_method("grad")
 
@@ -78,3 +76,18 @@ def test_soft_threshold_and_sparse_inversion_limits():
     # Sparsity removes evidence: fewer nonzero pixels survive than were in the image.
     kept = np.asarray(method(model, IMAGES, steps=5, sparsity=0.05))
     assert 0 < np.count_nonzero(kept) < np.count_nonzero(IMAGES)
+
+
+def test_cam_and_attention_are_two_maps_under_attention_pooling():
+    """The class activation map is the classifier at every position, not the attention."""
+    model, _ = tiny("embedding", "attention")
+    geometry = model.geometry
+    cam = np.asarray(SALIENCY_METHODS["cam"](model, IMAGES, geometry=geometry))
+    attention = np.asarray(SALIENCY_METHODS["attention"](model, IMAGES, geometry=geometry))
+    assert cam.shape == attention.shape == (2, 40, 40)
+    assert not np.allclose(cam, attention)
+    outputs = model(IMAGES)
+    classifier = model.head.classifier
+    np.testing.assert_allclose(  # the CAM at each position: the image classifier applied there
+        outputs["saliency"], classifier(model.embed(IMAGES)), rtol=1e-5, atol=1e-6
+    )

@@ -8,7 +8,6 @@ setup.cfg bounds the versions to those the suite passed with.
 from __future__ import annotations
 
 import keras
-import numpy as np
 import pytest
 import tensorflow as tf
 from keras.src.backend.tensorflow import trainer as keras_trainer
@@ -72,22 +71,3 @@ def test_keras_reduces_multi_worker_scalars_along_axis_0():
     strategy = _MultiWorkerStandIn()
     keras_trainer.reduce_per_replica({"loss": tf.constant(0.5)}, strategy, "auto")
     assert strategy.axes == [None]
-
-
-def test_a_nested_models_public_output_is_its_own_not_the_outer_graphs():
-    """Workaround: `export.split_at_embedding` reads `Layer._inbound_nodes`.
-
-    A functional model nested in another has no public handle on its output *in the
-    outer graph*: `.output` is the inner graph's tensor. If this fails, use `.output`.
-    """
-    features = keras.Input((4,))
-    inner = keras.Model(features, keras.layers.Dense(3)(features), name="inner")
-    images = keras.Input((4,))
-    outer = keras.Model(images, keras.layers.Dense(1)(inner(images)))
-    in_outer_graph = outer.get_layer("inner")._inbound_nodes[0].outputs[0]
-    assert inner.output is not in_outer_graph
-    with pytest.raises(ValueError):
-        keras.Model(outer.input, inner.output)  # not connected to the outer input
-    cut = keras.Model(outer.input, in_outer_graph)
-    x = np.ones((2, 4), np.float32)
-    np.testing.assert_allclose(cut(x), inner(x))

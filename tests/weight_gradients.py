@@ -78,10 +78,9 @@ def layer_gradients(case: str) -> dict[str, np.ndarray]:
     import keras
     import tensorflow as tf
 
-    from needles_tf.models.factory import backbone_of
     from needles_tf.models.multires import UpsampleLike
 
-    extractor = backbone_of(build(case))
+    extractor = build(case).backbone
     size = CASES[case][1]
     shapes = keras.Model(extractor.input, [layer.output for layer in extractor.layers[1:]])
     outputs = shapes(tf.zeros((2, size, size, 1)))

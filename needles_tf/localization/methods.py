@@ -1,7 +1,7 @@
 """Saliency methods by name (`--saliency`): maps at input resolution, raw scale.
 
 Each method is called as `method(model, images, geometry=(rf, stride), k=0)`
-with the classifier (the dict-output model of needles_tf.models.factory), a
+with the classifier (a needles_tf.models.classifier.NeedleClassifier), a
 batch of images in [0, 255] (B, H, W, C), the geometry of its saliency grid
 (its backbone's `geometry`) and the class index k, and
 returns (B, H, W) float32 maps. The [0, 1] view (needles_tf.metrics.unit_interval) is for display.
@@ -16,6 +16,7 @@ from keras import ops
 
 from needles_tf.localization.gradients import input_gradient
 from needles_tf.localization.upsample import saliency_to_input
+from needles_tf.models.heads import EmbeddingPoolingHead, InstancePoolingHead
 
 SALIENCY_METHODS: dict[str, Callable] = {}
 
@@ -46,15 +47,18 @@ def _model_map(model: keras.Model, images, k: int, geometry, output: str, what: 
 @register_saliency("instance")
 def instance_map(model: keras.Model, images, *, geometry, k: int = 0):
     """The instance head's probability map S (Yao et al. 2018 §3.6)."""
-    if "instance_classifier" not in [layer.name for layer in model.layers]:
+    if not isinstance(model.head, InstancePoolingHead):
         raise ValueError("--saliency='instance' needs a model with head='instance'.")
     return _model_map(model, images, k, geometry, "saliency", "instance")
 
 
 @register_saliency("cam")
 def class_activation_map(model: keras.Model, images, *, geometry, k: int = 0):
-    """The embedding head's class activation map: its classifier at every position."""
-    if "classifier" not in [layer.name for layer in model.layers]:
+    """The embedding head's class activation map: its classifier at every position.
+
+    With attention pooling too: the attention weights are the `attention` method.
+    """
+    if not isinstance(model.head, EmbeddingPoolingHead):
         raise ValueError("--saliency='cam' needs a model with head='embedding'.")
     return _model_map(model, images, k, geometry, "saliency", "cam")
 

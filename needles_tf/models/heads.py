@@ -1,8 +1,17 @@
-"""MIL heads: topological embedding (B, h, w, C) -> named outputs.
+"""MIL heads: Keras layers from a backbone's embedding grid (B, h, w, D) to named outputs.
 
 Convention everywhere: one sigmoid per class. Binary tasks use K = 1; K > 1 is
-multi-label (one-vs-rest). Outputs: `logits` (B, K), `probability` (B, K),
-`saliency` (B, h, w, K) and, for attention pooling, `attention` (B, h, w, 1).
+multi-label (one-vs-rest). Every head returns a dict with exactly these keys:
+
+  logits       (B, K)        the image-level logits
+  probability  (B, K)        sigmoid(logits)
+  saliency     (B, h, w, K)  the head's own map: the class activation map of the
+                             embedding head, the instance probabilities of the
+                             instance head
+  attention    (B, h, w, 1)  only with a pooling that weights positions (attention,
+                             gated attention): those weights
+
+No tensor is listed under two names. `HEADS` maps `--head` to the class.
 """
 
 from __future__ import annotations
@@ -14,15 +23,23 @@ from keras import ops
 
 from needles_tf.layers.pooling import pooling_class
 
-HEADS: dict[str, Callable] = {}
+HEADS: dict[str, type[MILHead]] = {}
 
 
-def register_head(name: str) -> Callable[[Callable], Callable]:
-    def register(fn: Callable) -> Callable:
-        HEADS[name] = fn
-        return fn
+def register_head(name: str) -> Callable[[type[MILHead]], type[MILHead]]:
+    """Class decorator: `--head=name` builds this head (and it serializes)."""
+
+    def register(cls: type[MILHead]) -> type[MILHead]:
+        HEADS[name] = keras.saving.register_keras_serializable(package="needles_tf")(cls)
+        return cls
 
     return register
+
+
+def get_head_class(name: str) -> type[MILHead]:
+    if name not in HEADS:
+        raise ValueError(f"head={name!r}: expected one of {sorted(HEADS)}.")
+    return HEADS[name]
 
 
 @keras.saving.register_keras_serializable(package="needles_tf")
@@ -42,74 +59,110 @@ class ProbabilityToLogit(keras.layers.Layer):
         return {**super().get_config(), "epsilon": self.epsilon}
 
 
-def _pooling(name: str, pooling_kwargs: dict | None):
-    """The pooling layer, returning its position weights where it has them."""
-    layer_cls = pooling_class(name)
-    return layer_cls(
-        return_weights=layer_cls.has_weights, name=f"{name}_pooling", **(pooling_kwargs or {})
-    )
+class MILHead(keras.layers.Layer):
+    """Embedding grid -> {logits, probability, saliency[, attention]}, in float32."""
 
+    def __init__(
+        self, num_classes: int, pooling: str, pooling_kwargs: dict | None = None, **kwargs
+    ):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        if num_classes < 1:
+            raise ValueError(f"num_classes={num_classes}: expected at least 1.")
+        self.num_classes = int(num_classes)
+        self.pooling_name = pooling
+        self.pooling_kwargs = dict(pooling_kwargs or {})
+        layer_cls = pooling_class(pooling)
+        self.pooling = layer_cls(
+            return_weights=layer_cls.has_weights, name=f"{pooling}_pooling", **self.pooling_kwargs
+        )
 
-def _pool(pooling, x):
-    """Returns (pooled, attention or None)."""
-    if pooling.return_weights:
-        return pooling(x)
-    return pooling(x), None
+    @property
+    def has_attention(self) -> bool:
+        return self.pooling.return_weights
+
+    def _pool(self, x):
+        """(pooled, attention or None)."""
+        if self.pooling.return_weights:
+            return self.pooling(x)
+        return self.pooling(x), None
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "num_classes": self.num_classes,
+            "pooling": self.pooling_name,
+            "pooling_kwargs": self.pooling_kwargs,
+        }
 
 
 @register_head("embedding")
-def embedding_pooling_head(embedding, num_classes: int, pooling: str, pooling_kwargs=None):
-    """Pool the embedding per channel, then a linear classifier (Pawlowski et al. 2019 Fig. 3).
+class EmbeddingPoolingHead(MILHead):
+    """Pool the embedding per channel, then a linear classifier (Pawlowski et al. 2019, Fig. 3).
 
-    Saliency: the class activation map (the classifier applied at every
-    position) or, with attention pooling, the attention map.
+    Saliency: the class activation map, the classifier applied at every position.
     """
-    if pooling_class(pooling).needs_probabilities:
-        raise ValueError(
-            f"pooling={pooling!r} needs values in [0, 1]; use it with head='instance', "
-            "whose instance probabilities it pools."
-        )
-    classifier = keras.layers.Dense(num_classes, dtype="float32", name="classifier")
-    pooled, attention = _pool(_pooling(pooling, pooling_kwargs), embedding)
-    logits = classifier(pooled)
-    outputs = {
-        "logits": logits,
-        "probability": keras.layers.Activation("sigmoid", dtype="float32", name="probability")(
-            logits
-        ),
-    }
-    if attention is not None:
-        outputs["attention"] = attention
-        outputs["saliency"] = attention
-    else:
-        outputs["saliency"] = classifier(ops.cast(embedding, "float32"))
-    return outputs
+
+    def __init__(self, num_classes: int, pooling: str, pooling_kwargs=None, **kwargs):
+        if pooling_class(pooling).needs_probabilities:
+            raise ValueError(
+                f"pooling={pooling!r} needs values in [0, 1]; use it with head='instance', "
+                "whose instance probabilities it pools."
+            )
+        super().__init__(num_classes, pooling, pooling_kwargs, **kwargs)
+        self.classifier = keras.layers.Dense(num_classes, dtype="float32", name="classifier")
+
+    def build(self, input_shape):
+        self.pooling.build(input_shape)
+        self.classifier.build((input_shape[0], input_shape[-1]))
+
+    def call(self, embedding):
+        embedding = ops.cast(embedding, "float32")
+        pooled, attention = self._pool(embedding)
+        logits = self.classifier(pooled)
+        outputs = {
+            "logits": logits,
+            "probability": ops.sigmoid(logits),
+            "saliency": self.classifier(embedding),
+        }
+        if attention is not None:
+            outputs["attention"] = attention
+        return outputs
 
 
 @register_head("instance")
-def instance_pooling_head(embedding, num_classes: int, pooling: str, pooling_kwargs=None):
+class InstancePoolingHead(MILHead):
     """A shared classifier at every position -> sigmoid instance probabilities S -> pooling.
 
-    Yao et al. 2018 §3.6: S (B, h, w, K) is the saliency map and the pooled S the
+    Yao et al. 2018, §3.6: S (B, h, w, K) is the saliency map and the pooled S the
     image probability (LSE-LBA keeps probabilities in [0, 1]).
     """
-    if not pooling_class(pooling).preserves_probability:
-        raise ValueError(
-            f"pooling={pooling!r} does not map probabilities to a probability; with "
-            "head='instance' use e.g. 'lse_lba' or 'lse_r' (the mean-normalized log-sum-exp)."
+
+    def __init__(self, num_classes: int, pooling: str, pooling_kwargs=None, **kwargs):
+        if not pooling_class(pooling).preserves_probability:
+            raise ValueError(
+                f"pooling={pooling!r} does not map probabilities to a probability; with "
+                "head='instance' use e.g. 'lse_lba' or 'lse_r' (the mean-normalized log-sum-exp)."
+            )
+        super().__init__(num_classes, pooling, pooling_kwargs, **kwargs)
+        self.instance_classifier = keras.layers.Dense(
+            num_classes, dtype="float32", name="instance_classifier"
         )
-    instance_logits = keras.layers.Dense(num_classes, dtype="float32", name="instance_classifier")(
-        embedding
-    )
-    saliency = keras.layers.Activation("sigmoid", dtype="float32", name="instance_probability")(
-        instance_logits
-    )
-    probability, attention = _pool(_pooling(pooling, pooling_kwargs), saliency)
-    outputs = {
-        "logits": ProbabilityToLogit(name="image_logit")(probability),
-        "probability": probability,
-        "saliency": saliency,
-    }
-    if attention is not None:
-        outputs["attention"] = attention
-    return outputs
+        self.to_logit = ProbabilityToLogit(name="image_logit")
+
+    def build(self, input_shape):
+        self.instance_classifier.build(input_shape)
+        self.pooling.build((*input_shape[:-1], self.num_classes))
+        self.to_logit.build((input_shape[0], self.num_classes))
+
+    def call(self, embedding):
+        saliency = ops.sigmoid(self.instance_classifier(ops.cast(embedding, "float32")))
+        probability, attention = self._pool(saliency)
+        outputs = {
+            "logits": self.to_logit(probability),
+            "probability": probability,
+            "saliency": saliency,
+        }
+        if attention is not None:
+            outputs["attention"] = attention
+        return outputs
