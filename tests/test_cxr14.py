@@ -123,6 +123,7 @@ def multires_run(built, tmp_path_factory):
     return model_dir, metrics
 
 
+@pytest.mark.slow
 def test_multires_config_trains_on_it_and_exports(multires_run):
     from needles_tf import export
 

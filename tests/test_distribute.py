@@ -20,6 +20,8 @@ from conftest import free_ports
 
 from needles_tf import distribute
 
+pytestmark = pytest.mark.slow  # trains, or runs workers in subprocesses
+
 WORKER = pathlib.Path(__file__).with_name("distributed_worker.py")
 
 

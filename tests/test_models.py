@@ -75,6 +75,7 @@ def compiled(model, run_eagerly: bool):
     return model
 
 
+@pytest.mark.slow
 def test_a_compiled_training_step_runs():
     """The graph-mode (tf.function) train step, as `fit` runs it; traced once (~15 s)."""
     model = compiled(build_model(model_config(pooling="lse_lba", head="instance")), False)
@@ -83,6 +84,7 @@ def test_a_compiled_training_step_runs():
     assert np.isfinite(history.history["loss"][0])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pooling", sorted(POOLINGS))
 def test_every_pooling_trains_a_step_and_round_trips(pooling, tmp_path):
     """One eager training step changes the weights; `.keras` save/load keeps every output."""

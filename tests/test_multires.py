@@ -89,6 +89,7 @@ def test_keras_file_round_trip(tmp_path):
         np.testing.assert_allclose(loaded(x)[name], model(x)[name], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_multi_label_training_steps_lower_the_loss():
     """K = 3 sigmoid outputs, binary cross-entropy per class: a few steps fit a tiny batch."""
     from needles_tf import train

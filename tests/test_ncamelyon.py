@@ -152,6 +152,7 @@ def test_splits_by_center_and_balanced(built):
         assert sum(labels) * 2 == len(labels) > 0
 
 
+@pytest.mark.slow
 def test_beam_pipeline_gives_the_same_records(built, miniature, tmp_path):
     options = beam.options.pipeline_options.PipelineOptions(["--direct_num_workers=1"])
     through_beam = records(build(miniature, tmp_path, beam_options=options))
@@ -249,6 +250,7 @@ def test_a_missing_stage_labels_csv_is_an_error(miniature, tmp_path):
         layout.find_root(tmp_path / "elsewhere")
 
 
+@pytest.mark.slow
 def test_a_model_trains_on_a_built_config_and_exports(miniature, tmp_path):
     """configs/ncamelyon.py, tiny: builds crop128_o2i_1_10 through the trainer, then trains."""
     from test_train import tiny_config

@@ -84,6 +84,7 @@ def _gradients(tmp_path: pathlib.Path, onednn: str) -> dict[str, np.ndarray]:
     return dict(np.load(out))
 
 
+@pytest.mark.slow
 def test_gradients_with_onednn_equal_eigens(tmp_path):
     """Every layer of every extractor (BagNet RF 9/33/177, multires; batch and instance norm)
     alone, and whole-model weight gradients where those are well conditioned."""

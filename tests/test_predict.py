@@ -123,6 +123,7 @@ def test_read_image_scales_to_model_range(images):
     assert predict.read_image(folder / "colour.jpg").shape == (120, 100, 3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("artefact", ["saved_model", "keras"])
 def test_exported_models_tiled_match_keras_whole_image(exported, images, artefact):
     model, saved_model, keras_file = exported
@@ -149,6 +150,7 @@ def test_maximum_saliency_names_the_peak_window():
     assert peak == {"x": 28.5, "y": 20.5, "window": [16, 24, 25, 33], "value": 7.0}
 
 
+@pytest.mark.slow
 def test_command_line_json_and_overlays(exported, images, tmp_path):
     _, saved_model, _ = exported
     folder, _ = images
@@ -232,6 +234,7 @@ def test_empty_files_and_decompression_bombs_are_refused(tmp_path, images):
     assert predict.read_image(folder / "deep.tif", max_pixels=130 * 90).shape == (90, 130, 1)
 
 
+@pytest.mark.slow
 def test_the_command_line_refuses_a_bomb_in_one_line(exported, tmp_path):
     _, saved_model, _ = exported
     _png_header_only(tmp_path / "bomb.png", 100_000, 100_000)

@@ -21,6 +21,8 @@ from needles_tf import train as train_module
 from needles_tf.callbacks import NonFiniteLossError, RunState, new_run_state
 from needles_tf.checkpointing import CheckpointManager
 
+pytestmark = pytest.mark.slow  # trains, or runs workers in subprocesses
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 STEPS_PER_EPOCH = 3  # 12 dummy training images, batch 4
 
