@@ -1,4 +1,4 @@
-"""Saliency grids placed at their receptive-field centres; the bf16 `auto` policy rule."""
+"""Saliency grids placed at their receptive-field centres."""
 
 from __future__ import annotations
 
