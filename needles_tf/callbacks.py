@@ -14,7 +14,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from needles_tf.checkpointing import CheckpointManager, atomic_save_weights, atomic_write_text
+from needles_tf.atomic import atomic_write_text
+from needles_tf.checkpointing import CheckpointManager, atomic_save_weights
 from needles_tf.localization.upsample import saliency_to_input
 from needles_tf.plots import saliency_overlay
 

@@ -20,6 +20,8 @@ from typing import Any
 import keras
 from absl import logging
 
+from needles_tf.atomic import atomic_path, atomic_write_text
+
 _CHECKPOINT = re.compile(r"^ckpt-(\d+)$")
 WEIGHTS = "model.weights.h5"
 STATE = "state.json"
@@ -45,20 +47,6 @@ def writable_directory(
     return path
 
 
-def atomic_write_text(path: pathlib.Path, text: str) -> None:
-    """Writes `text` to `path` through a temporary file in the same directory and a rename."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(
-        "w", dir=path.parent, prefix=f".tmp-{path.name}-", delete=False
-    ) as file:
-        file.write(text)
-        file.flush()
-        os.fsync(file.fileno())
-    usual_permissions(pathlib.Path(file.name))
-    os.replace(file.name, path)
-
-
 def usual_permissions(path: pathlib.Path) -> None:
     """The mode open()/mkdir() would have given `path`, not tempfile's private 0600/0700."""
     umask = os.umask(0)
@@ -68,11 +56,8 @@ def usual_permissions(path: pathlib.Path) -> None:
 
 def atomic_save_weights(model: keras.Model, path: pathlib.Path) -> None:
     """`model.save_weights(path)`, through a temporary file and a rename."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    model.save_weights(temporary)
-    os.replace(temporary, path)
+    with atomic_path(path) as temporary:
+        model.save_weights(temporary)
 
 
 class CheckpointManager:

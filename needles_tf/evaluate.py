@@ -29,7 +29,8 @@ import tensorflow_datasets as tfds
 from absl import app, flags, logging
 
 from needles_tf import export, metrics
-from needles_tf.checkpointing import atomic_write_text, writable_directory
+from needles_tf.atomic import atomic_path, atomic_write_text
+from needles_tf.checkpointing import writable_directory
 from needles_tf.data import load, pipeline
 from needles_tf.localization.methods import get_saliency_method
 from needles_tf.plots import saliency_overlay
@@ -286,11 +287,10 @@ def _plot_overlays(gallery, maps, boxes, method: str, path: pathlib.Path) -> Non
 
 
 def _save(figure, path: pathlib.Path) -> None:
-    temporary = path.with_name(f".tmp-{path.name}")
     figure.tight_layout()
-    figure.savefig(temporary, dpi=120, format="png")
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, dpi=120, format="png")
     plt.close(figure)
-    temporary.replace(path)
 
 
 def _check_split(dataset: str, split: str, data_dir: str | None) -> None:

@@ -37,6 +37,7 @@ import tensorflow_datasets as tfds
 from absl import app, flags, logging
 from keras import ops
 
+from needles_tf.atomic import atomic_path
 from needles_tf.checkpointing import usual_permissions, writable_directory
 from needles_tf.data import pipeline
 from needles_tf.localization.upsample import saliency_to_input
@@ -200,12 +201,10 @@ def export_model(
         _replace_directory(temporary, final)
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
-    keras_file = model_dir / KERAS_FILE
-    temporary_file = model_dir / f".tmp-{os.getpid()}-{KERAS_FILE}"
-    model.save(temporary_file)
-    with zipfile.ZipFile(temporary_file, "a") as archive:  # Keras ignores other members
-        archive.writestr(METADATA_FILE, metadata)
-    os.replace(temporary_file, keras_file)
+    with atomic_path(model_dir / KERAS_FILE) as temporary_file:
+        model.save(temporary_file)
+        with zipfile.ZipFile(temporary_file, "a") as archive:  # Keras ignores other members
+            archive.writestr(METADATA_FILE, metadata)
     return final
 
 

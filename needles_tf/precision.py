@@ -24,11 +24,12 @@ import os
 import pathlib
 import platform
 import re
-import tempfile
 import time
 
 import keras
 from absl import logging
+
+from needles_tf.atomic import atomic_write_text
 
 POLICIES = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 # bf16 must beat float32 by this factor in the probe: its rounding is not free.
@@ -217,9 +218,6 @@ def _read_cache(path: pathlib.Path) -> dict:
 def _write_cache(path: pathlib.Path, entries: dict) -> None:
     """Atomically; a read-only home only costs a probe next time."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False) as file:
-            json.dump(entries, file, indent=2)
-        os.replace(file.name, path)
+        atomic_write_text(path, json.dumps(entries, indent=2))
     except OSError as error:
         logging.warning("precision=auto: could not cache the probe in %s (%s)", path, error)

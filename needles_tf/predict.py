@@ -37,6 +37,7 @@ from absl import app, flags, logging
 from PIL import Image
 
 from needles_tf import export
+from needles_tf.atomic import atomic_path
 from needles_tf.localization.tiling import tiled_grid
 from needles_tf.localization.upsample import saliency_to_input
 from needles_tf.plots import outline, saliency_overlay
@@ -216,9 +217,8 @@ def write_overlay(
         outline(
             overlay, y0 - margin, x0 - margin, y1 + margin, x1 + margin, WINDOW_COLOUR, thickness
         )
-    temporary = path.with_name(f".tmp-{path.name}")
-    Image.fromarray(overlay).save(temporary, format="PNG")
-    os.replace(temporary, path)
+    with atomic_path(path) as temporary:
+        Image.fromarray(overlay).save(temporary, format="PNG")
 
 
 def predict_files(

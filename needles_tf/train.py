@@ -26,8 +26,9 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from needles_tf import distribute, export
+from needles_tf.atomic import atomic_write_text
 from needles_tf.callbacks import NonFiniteLossError, RunState, SaliencyOverlays, new_run_state
-from needles_tf.checkpointing import CheckpointManager, atomic_write_text, writable_directory
+from needles_tf.checkpointing import CheckpointManager, writable_directory
 from needles_tf.data import pipeline
 from needles_tf.layers.pooling import POOLINGS
 from needles_tf.models.backbone import BACKBONES

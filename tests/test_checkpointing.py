@@ -8,7 +8,8 @@ import keras
 import numpy as np
 import pytest
 
-from needles_tf.checkpointing import CheckpointManager, atomic_write_text
+from needles_tf.atomic import atomic_write_text
+from needles_tf.checkpointing import CheckpointManager
 
 
 def small_model() -> keras.Model:
@@ -103,3 +104,16 @@ def test_resume_with_no_intact_checkpoint_names_them(tmp_path):
     (path / "state.json").unlink()
     with pytest.raises(RuntimeError, match=r"No checkpoint in .* can be restored: .*ckpt-1"):
         manager.restore_latest(small_model())
+
+
+def test_a_failed_atomic_write_leaves_the_old_file_and_no_temporary(tmp_path):
+    from needles_tf.atomic import atomic_path
+
+    path = tmp_path / "overlay.png"
+    path.write_text("old")
+    with pytest.raises(OSError, match="disk full"), atomic_path(path) as temporary:
+        assert temporary.suffix == ".png" and temporary.parent == tmp_path
+        temporary.write_text("half")
+        raise OSError("disk full")
+    assert path.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["overlay.png"]
