@@ -118,7 +118,8 @@ def machine_key(cpuinfo: str | None = None) -> str:
 def probed_cpu_policy() -> str:
     """mixed_bfloat16 or float32 for this CPU, from the cache or a fresh probe."""
     path, key = cache_path(), machine_key()
-    cached = _read_cache(path).get(key)
+    entries = _read_cache(path)
+    cached = entries.get(key)
     if cached and cached.get("policy") in ("float32", "mixed_bfloat16"):
         return cached["policy"]
     timings = probe_step_seconds()
@@ -133,7 +134,6 @@ def probed_cpu_policy() -> str:
         1e3 * timings["float32"],
         1e3 * timings["mixed_bfloat16"],
     )
-    entries = _read_cache(path)
     entries[key] = {"policy": policy, **{f"{k}_seconds": v for k, v in timings.items()}}
     _write_cache(path, entries)
     return policy

@@ -45,9 +45,19 @@ class Backbone(keras.Model):
     """(B, H, W, C) float -> (B, h, w, embedding_dim); subclasses pass the graph and geometry."""
 
     def __init__(
-        self, inputs, outputs, *, receptive_field: int, stride: int, local_cells: bool, **kwargs
+        self,
+        inputs,
+        outputs,
+        *,
+        arguments: dict,
+        receptive_field: int,
+        stride: int,
+        local_cells: bool,
+        **kwargs,
     ):
+        """`arguments`: the subclass constructor's own arguments, which `get_config` returns."""
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
+        self.arguments = dict(arguments)
         self._receptive_field = int(receptive_field)
         self._stride = int(stride)
         self._local_cells = bool(local_cells)
@@ -82,8 +92,8 @@ class Backbone(keras.Model):
         raise NotImplementedError
 
     def get_config(self) -> dict:
-        # Not the functional model's config (a graph): subclasses add their arguments.
-        return {"name": self.name, "trainable": self.trainable}
+        # Not the functional model's config (a graph): the constructor's arguments.
+        return {"name": self.name, "trainable": self.trainable, **self.arguments}
 
     @classmethod
     def from_config(cls, config: dict) -> Backbone:

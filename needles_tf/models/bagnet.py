@@ -48,25 +48,22 @@ class BagNetBackbone(Backbone):
         name: str = "bagnet",
         **kwargs,
     ):
-        inputs, outputs = _bagnet_graph(
-            input_channels, receptive_field, width, normalization, zero_init_residual, dtype
-        )
-        super().__init__(
-            inputs,
-            outputs,
-            receptive_field=receptive_field,
-            stride=8,
-            local_cells=normalization == "batch",
-            name=name,
-            **kwargs,
-        )
-        self.arguments = dict(
+        arguments = dict(
             input_channels=input_channels,
             receptive_field=receptive_field,
             width=width,
             normalization=normalization,
             zero_init_residual=zero_init_residual,
             dtype=dtype,
+        )
+        super().__init__(
+            *_bagnet_graph(**arguments),
+            arguments=arguments,
+            receptive_field=receptive_field,
+            stride=8,
+            local_cells=normalization == "batch",
+            name=name,
+            **kwargs,
         )
 
     @classmethod
@@ -79,9 +76,6 @@ class BagNetBackbone(Backbone):
             zero_init_residual=config.get("zero_init_residual", False),
             dtype=dtype,
         )
-
-    def get_config(self) -> dict:
-        return {**super().get_config(), **self.arguments}
 
 
 def _bagnet_graph(input_channels, receptive_field, width, normalization, zero_init_residual, dtype):

@@ -74,17 +74,15 @@ class MultiResBackbone(Backbone):
             normalization=normalization,
             dtype=dtype,
         )
-        inputs, outputs = _multires_graph(**arguments)
         super().__init__(
-            inputs,
-            outputs,
+            *_multires_graph(**arguments),
+            arguments=arguments,
             receptive_field=saliency_stride,
             stride=saliency_stride,
             local_cells=False,
             name=name,
             **kwargs,
         )
-        self.arguments = arguments
 
     @classmethod
     def from_model_config(cls, config, dtype: str | None) -> MultiResBackbone:
@@ -98,9 +96,6 @@ class MultiResBackbone(Backbone):
             normalization=config.get("normalization", "batch"),
             dtype=dtype,
         )
-
-    def get_config(self) -> dict:
-        return {**super().get_config(), **self.arguments}
 
 
 def _multires_graph(
