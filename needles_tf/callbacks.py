@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from needles_tf.atomic import atomic_write_text
 from needles_tf.checkpointing import CheckpointManager, atomic_save_weights
-from needles_tf.localization.upsample import saliency_to_input
+from needles_tf.localization.methods import default_saliency_method
 from needles_tf.plots import saliency_overlay
 
 
@@ -134,7 +134,7 @@ def history_csv(history: list[dict[str, Any]]) -> str:
 
 
 class SaliencyOverlays(keras.callbacks.Callback):
-    """Each epoch, a fixed validation batch with its upsampled saliency, to TensorBoard."""
+    """Each epoch, a fixed validation batch with the model's default saliency, to TensorBoard."""
 
     def __init__(
         self,
@@ -142,21 +142,19 @@ class SaliencyOverlays(keras.callbacks.Callback):
         images: np.ndarray,
         boxes: np.ndarray | None,
         labels: np.ndarray,
-        geometry: tuple[int, int],
         log_dir: pathlib.Path,
     ):
         super().__init__()
         self.inference_model = inference_model
         self.images, self.boxes, self.labels = images, boxes, labels
-        self.geometry = geometry
         self.writer = tf.summary.create_file_writer(str(pathlib.Path(log_dir) / "saliency"))
 
     def on_epoch_end(self, epoch, logs=None):
         outputs = self.inference_model.predict_on_batch(self.images)
         height, width = self.images.shape[1:3]
-        maps = keras.ops.convert_to_numpy(
-            saliency_to_input(outputs["saliency"], height, width, *self.geometry)
-        )
+        method = default_saliency_method(self.inference_model)
+        maps = method.from_outputs(outputs, height, width, self.inference_model.geometry)
+        maps = keras.ops.convert_to_numpy(maps.unit)
         overlays = np.stack(
             [
                 saliency_overlay(

@@ -28,25 +28,43 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import app, flags, logging
 
-from needles_tf import export, metrics
+from needles_tf import metrics
 from needles_tf.atomic import atomic_path, atomic_write_text
 from needles_tf.checkpointing import writable_directory
 from needles_tf.data import load, pipeline
-from needles_tf.localization.methods import get_saliency_method
+from needles_tf.localization.methods import SaliencyMaps, SaliencyMethod, get_saliency_method
 from needles_tf.plots import saliency_overlay
+from needles_tf.runs import load_run
 
 matplotlib.use("Agg")
 from matplotlib import pyplot as plt
 
-NATIVE_MAP = {"instance": "instance", "embedding": "cam"}  # head -> its own saliency method
 OUTCOMES = ("TP", "FP", "FN", "TN")
 GALLERY_PER_OUTCOME = 6
 MASK_FEATURES = {"needle_mask", "lesion_mask"}  # nMNIST's and nCAMELYON's object pixels
 
 
-def _unit(name: str, saliency: np.ndarray) -> np.ndarray:
-    """[0, 1] maps for DICE and IoBB: instance maps are probabilities; others are min-max scaled."""
-    return np.clip(saliency, 0.0, 1.0) if name == "instance" else metrics.unit_interval(saliency)
+def saliency_batch(
+    model: keras.Model,
+    images: np.ndarray,
+    methods: dict[str, SaliencyMethod],
+    k: int = 0,
+    outputs: dict | None = None,
+) -> dict[str, SaliencyMaps]:
+    """Each method's raw and [0, 1] maps of class k, as NumPy (B, H, W): what evaluate scores.
+
+    `outputs` are the model's for `images` (`predict_on_batch`, the compiled graph that
+    the SavedModel also runs); maps on the model's grid are read from them.
+    """
+    if outputs is None:
+        outputs = model.predict_on_batch(images)
+    batch = {}
+    for name, method in methods.items():
+        maps = method(model, images, k=k, outputs=outputs)
+        batch[name] = SaliencyMaps(
+            raw=keras.ops.convert_to_numpy(maps.raw), unit=keras.ops.convert_to_numpy(maps.unit)
+        )
+    return batch
 
 
 def evaluate(
@@ -62,18 +80,18 @@ def evaluate(
 ) -> dict[str, Any]:
     """Computes, writes and returns the metrics of `model_dir`'s best weights on `split`."""
     model_dir = writable_directory(model_dir, create=False)
-    model, config = export.load_run(model_dir)
-    geometry = model.geometry
-    pooling = config.model.pooling
-    methods = methods or ["attention" if "attention" in pooling else NATIVE_MAP[config.model.head]]
+    model, config = load_run(model_dir)
+    methods = methods or [model.head.default_saliency]
     method_fns = {name: get_saliency_method(name) for name in methods}
+    for method in method_fns.values():
+        method.check(model)
     _check_split(config.dataset, split, data_dir)
     data = load(config.dataset, split, data_dir=data_dir)
     if max_examples:
         data = data.take(max_examples)
     if "bboxes" in data.element_spec:  # multi-label with per-finding boxes (ChestX-ray14)
         results = _evaluate_findings(
-            model, config, data, split, method_fns, geometry, batch_size, taus, alpha, data_dir
+            model, config, data, split, method_fns, batch_size, taus, alpha, data_dir
         )
         _write_metrics(model_dir, results)
         print(_findings_table(results))
@@ -81,19 +99,22 @@ def evaluate(
 
     labels, probabilities, boxes, masks = [], [], [], []
     gallery: dict[str, list] = {outcome: [] for outcome in OUTCOMES}  # what overlays.png shows
-    maps: dict[str, list[np.ndarray]] = {name: [] for name in methods}
+    raw: dict[str, list[np.ndarray]] = {name: [] for name in methods}  # rank detections
+    unit: dict[str, list[np.ndarray]] = {name: [] for name in methods}  # thresholded, drawn
     batches = data.batch(batch_size)
     bar = _progress_bar(batches)
     for batch in batches.as_numpy_iterator():
         images = batch["image"].astype(np.float32)
-        probability = np.asarray(model.predict_on_batch(images)["probability"])
+        outputs = model.predict_on_batch(images)
+        probability = np.asarray(outputs["probability"])
         labels.append(np.asarray(batch["label"], np.float32).reshape(len(images), -1))
         probabilities.append(probability)
         boxes.extend(batch.get("needle_bbox", [None] * len(images)))
         for feature in MASK_FEATURES & batch.keys():
             masks.extend(batch[feature][..., 0] > 0)
-        for name, fn in method_fns.items():
-            maps[name].extend(np.asarray(fn(model, images, geometry=geometry), np.float32))
+        for name, maps in saliency_batch(model, images, method_fns, 0, outputs).items():
+            raw[name].extend(maps.raw)
+            unit[name].extend(maps.unit)
         start = len(boxes) - len(images)
         for i, (image, label, p) in enumerate(
             zip(batch["image"], labels[-1][:, 0], probability[:, 0], strict=True)
@@ -116,13 +137,14 @@ def evaluate(
         results["localization"] = f"skipped: {config.dataset} has no needle_bbox feature"
     else:
         results["localization"] = {
-            name: _localization(name, maps[name], boxes, masks, taus, alpha) for name in methods
+            name: _localization(raw[name], unit[name], boxes, masks, taus, alpha)
+            for name in methods
         }
     out = _write_metrics(model_dir, results)
     if isinstance(results["localization"], dict):
-        _plot_precision_recall(maps, boxes, out / "precision_recall.png")
+        _plot_precision_recall(raw, boxes, out / "precision_recall.png")
     first = methods[0]
-    _plot_overlays(gallery, maps[first], boxes, first, out / "overlays.png")
+    _plot_overlays(gallery, unit[first], boxes, first, out / "overlays.png")
     print(_table(results))
     return results
 
@@ -147,7 +169,7 @@ MAX_BOXES = 16  # boxes per image kept for multi-label localization (ChestX-ray1
 
 
 def _evaluate_findings(
-    model, config, data, split, method_fns, geometry, batch_size, taus, alpha, data_dir
+    model, config, data, split, method_fns, batch_size, taus, alpha, data_dir
 ) -> dict[str, Any]:
     """Multi-label evaluation (Yao et al. 2018 Tables 2-3): AUC per finding, and per finding with
     boxes, the continuous DICE of its saliency map against the union of its boxes and the
@@ -172,13 +194,14 @@ def _evaluate_findings(
     for images, label, boxes, finding in batches.as_numpy_iterator():
         images = images.astype(np.float32)
         labels.append(label)
-        probabilities.append(np.asarray(model.predict_on_batch(images)["probability"]))
+        outputs = model.predict_on_batch(images)
+        probabilities.append(np.asarray(outputs["probability"]))
         for k in np.unique(finding[finding >= 0]):
             rows = np.nonzero((finding == k).any(axis=1))[0]
-            for name, fn in method_fns.items():
-                maps = np.asarray(fn(model, images[rows], geometry=geometry, k=int(k)))
-                for row, saliency in zip(rows, maps, strict=True):
-                    unit = _unit(name, saliency)
+            selected = {key: np.asarray(value)[rows] for key, value in outputs.items()}
+            batch_maps = saliency_batch(model, images[rows], method_fns, int(k), selected)
+            for name, maps in batch_maps.items():
+                for row, unit in zip(rows, maps.unit, strict=True):
                     own = boxes[row][finding[row] == k]
                     truth = np.max([metrics.box_mask(b, *unit.shape) for b in own], axis=0)
                     dice[name].setdefault(names[k], []).append(metrics.continuous_dice(unit, truth))
@@ -232,25 +255,26 @@ def _findings_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _localization(name, maps, boxes, masks, taus, alpha) -> dict[str, Any]:
+def _localization(raw, unit, boxes, masks, taus, alpha) -> dict[str, Any]:
+    """Detections ranked by the raw maps; DICE, IoBB and PxAP on the [0, 1] maps."""
     positives = [i for i, box in enumerate(boxes) if metrics.has_needle(box)]
-    unit = [_unit(name, maps[i]) for i in positives]
-    truth = [metrics.box_mask(boxes[i], *maps[i].shape) for i in positives]
+    dice = [
+        metrics.continuous_dice(unit[i], metrics.box_mask(boxes[i], *unit[i].shape))
+        for i in positives
+    ]
     result = {
-        "localization_ap": metrics.localization_average_precision(maps, boxes),
-        "dice": float(
-            np.mean([metrics.continuous_dice(s, g) for s, g in zip(unit, truth, strict=True)])
-        ),
-        "pointing_game": metrics.pointing_game(maps, boxes),
+        "localization_ap": metrics.localization_average_precision(raw, boxes),
+        "dice": float(np.mean(dice)),
+        "pointing_game": metrics.pointing_game(raw, boxes),
         **{
             f"iobb_accuracy@tau={tau}": metrics.iobb_accuracy(
-                unit, [boxes[i] for i in positives], tau, alpha
+                [unit[i] for i in positives], [boxes[i] for i in positives], tau, alpha
             )
             for tau in taus
         },
     }
     if masks:
-        result["pxap"] = metrics.pixel_average_precision(maps, masks)
+        result["pxap"] = metrics.pixel_average_precision(unit, masks)
     else:
         result["pxap"] = "skipped: the dataset has no needle_mask or lesion_mask feature"
     return result

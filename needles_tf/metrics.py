@@ -1,6 +1,7 @@
 """Classification and weak-localization metrics, in NumPy (scikit-learn and scikit-image).
 
-Saliency maps are (H, W) arrays at input resolution on their raw scale; boxes
+Saliency maps are (H, W) arrays at input resolution: raw maps rank detections
+(localization AP, pointing game), [0, 1] maps are thresholded (DICE, IoBB, PxAP); boxes
 are (ymin, xmin, ymax, xmax) relative to the image, as TFDS BBoxFeature
 stores them, and an all-zero box means "no needle".
 """
@@ -37,13 +38,6 @@ def roc_auc(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
 def has_needle(box: np.ndarray | None) -> bool:
     """Whether `box` marks a needle (None and the all-zero box mean none)."""
     return box is not None and bool(np.any(np.asarray(box) > 0))
-
-
-def unit_interval(saliency: np.ndarray) -> np.ndarray:
-    """Min-max scales one map to [0, 1] (a constant map becomes 0)."""
-    saliency = np.asarray(saliency, np.float32)
-    low, high = float(saliency.min()), float(saliency.max())
-    return (saliency - low) / (high - low) if high > low else np.zeros_like(saliency)
 
 
 def box_mask(box: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -139,19 +133,16 @@ def iobb_accuracy(
     return float(np.mean(hits)) if hits else float("nan")
 
 
-def pixel_average_precision(
-    saliency_maps: list[np.ndarray], masks: list[np.ndarray], normalize: bool = True
-) -> float:
+def pixel_average_precision(saliency_maps: list[np.ndarray], masks: list[np.ndarray]) -> float:
     """PxAP: average precision of all pixels' saliency against the masks.
 
-    Choe et al. 2020; Guichemerre et al. 2025.
-
-    With `normalize`, each map is min-max scaled to [0, 1] first, as WSOL
-    benchmarks do, so that images are ranked on one scale.
+    Choe et al. 2020; Guichemerre et al. 2025. The maps must share one scale,
+    as WSOL benchmarks ensure by scaling each to [0, 1]: give the unit maps of
+    needles_tf.localization.methods.
     """
     scores, truths = [], []
     for saliency, mask in zip(saliency_maps, masks, strict=True):
-        scores.append((unit_interval(saliency) if normalize else np.asarray(saliency)).ravel())
+        scores.append(np.asarray(saliency).ravel())
         truths.append(np.asarray(mask).ravel() > 0)
     truth = np.concatenate(truths)
     if not truth.any():

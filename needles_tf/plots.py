@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from matplotlib import colormaps
 
-from needles_tf.metrics import has_needle, unit_interval
+from needles_tf.metrics import has_needle
 
 
 def saliency_overlay(
@@ -15,14 +15,16 @@ def saliency_overlay(
     alpha: float = 0.5,
     colormap: str = "inferno",
 ) -> np.ndarray:
-    """(H, W, C) uint8 image and (H, W) saliency -> (H, W, 3) uint8 overlay.
+    """(H, W, C) uint8 image and (H, W) saliency in [0, 1] -> (H, W, 3) uint8 overlay.
 
-    The saliency is min-max scaled, coloured and blended over the grey image;
+    The saliency (a method's unit map, needles_tf.localization.methods) is
+    coloured as it is, not rescaled, so that a map with nothing salient stays
+    dark, and blended over the grey image;
     `box` (ymin, xmin, ymax, xmax, relative as TFDS BBoxFeature) is outlined in green.
     """
     image = np.asarray(image)
     grey = image.astype(np.float32).mean(axis=-1, keepdims=True) / 255.0
-    colours = colormaps[colormap](unit_interval(saliency))[..., :3]
+    colours = colormaps[colormap](np.clip(np.asarray(saliency, np.float32), 0.0, 1.0))[..., :3]
     overlay = (1.0 - alpha) * np.repeat(grey, 3, axis=-1) + alpha * colours
     overlay = (np.clip(overlay, 0.0, 1.0) * 255.0).round().astype(np.uint8)
     if has_needle(box):

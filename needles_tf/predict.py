@@ -36,10 +36,11 @@ import tifffile
 from absl import app, flags, logging
 from PIL import Image
 
-from needles_tf import export
 from needles_tf.atomic import atomic_path
+from needles_tf.localization.methods import served_grid
 from needles_tf.localization.tiling import tiled_grid
 from needles_tf.localization.upsample import saliency_to_input
+from needles_tf.metadata import read_metadata
 from needles_tf.plots import outline, saliency_overlay
 
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -70,7 +71,7 @@ def load_exported(path: str | os.PathLike) -> ExportedModel:
     path = pathlib.Path(path)
     if not path.exists():
         raise FileNotFoundError(f"--model={path}: no such file or directory.")
-    metadata = export.read_metadata(path)
+    metadata = read_metadata(path)
     if path.is_dir():
         import tensorflow as tf  # SavedModels are TensorFlow's; .keras files need no TF
 
@@ -87,16 +88,11 @@ def load_exported(path: str | os.PathLike) -> ExportedModel:
 
 def keras_model_parts(model, metadata: dict) -> ExportedModel:
     """An ExportedModel from a NeedleClassifier and its export metadata."""
-    head_name = metadata["model"]["head"]
 
     def head(grid: np.ndarray) -> dict[str, np.ndarray]:
         outputs = model.classify_embedding(grid)
-        raw, unit = export.served_saliency(outputs, head_name)
-        return {
-            "probability": np.asarray(outputs["probability"], np.float32),
-            "saliency_grid": np.asarray(raw, np.float32),
-            "saliency_unit": np.asarray(unit, np.float32),
-        }
+        served = {"probability": outputs["probability"], **served_grid(model, outputs)}
+        return {key: np.asarray(value, np.float32) for key, value in served.items()}
 
     return ExportedModel(
         features=lambda images: np.asarray(model.embed(images), np.float32),

@@ -412,14 +412,7 @@ def _datasets(config, data_dir: str | None, manual_dir: str | None) -> pipeline.
 
 def _saliency_overlays(config, inference, model_dir: pathlib.Path, data_dir: str | None):
     images, boxes, labels = overlay_batch(config.overlay_images, config.dataset, data_dir)
-    return SaliencyOverlays(
-        inference,
-        images,
-        boxes,
-        labels,
-        inference.geometry,
-        model_dir / "tensorboard",
-    )
+    return SaliencyOverlays(inference, images, boxes, labels, model_dir / "tensorboard")
 
 
 def _fit(training, data: pipeline.Splits, state, epochs: int, callbacks, verbose) -> None:

@@ -125,14 +125,14 @@ def multires_run(built, tmp_path_factory):
 
 @pytest.mark.slow
 def test_multires_config_trains_on_it_and_exports(multires_run):
-    from needles_tf import export
+    from needles_tf.metadata import read_metadata
 
     model_dir, metrics = multires_run
     assert set(metrics["test"]) == {"accuracy", "auc", "loss"}
     assert 0.0 <= metrics["validation"]["auc"] <= 1.0
     exported = model_dir / "saved_model" / "1"
     assert (exported / "saved_model.pb").exists()
-    assert export.read_metadata(exported)["class_names"][-1] == "Hernia"
+    assert read_metadata(exported)["class_names"][-1] == "Hernia"
 
 
 def test_evaluate_reports_auc_dice_and_iobb_per_finding(multires_run, built, miniature, capsys):

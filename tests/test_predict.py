@@ -21,6 +21,7 @@ from PIL import Image
 
 from needles_tf import export, predict
 from needles_tf.localization.tiling import Span, axis_spans, tiled_grid
+from needles_tf.metadata import model_metadata
 from needles_tf.models.factory import build_model
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -180,7 +181,7 @@ def test_command_line_json_and_overlays(exported, images, tmp_path):
 def test_instance_normalization_tiling_warns(tmp_path, monkeypatch):
     config = tiny_bagnet_config()  # instance normalization: statistics of the whole input
     keras_model = build_model(config)
-    metadata = export.model_metadata(keras_model, ml_collections.ConfigDict({"model": config}))
+    metadata = model_metadata(keras_model, ml_collections.ConfigDict({"model": config}))
     assert metadata["local_cells"] is False
     model = predict.keras_model_parts(keras_model, metadata)
     Image.fromarray(np.zeros((100, 80), np.uint8)).save(tmp_path / "a.png")
@@ -266,7 +267,7 @@ def test_channels_are_converted_to_the_models(images):
         (1, colour_image, colour_image.mean(axis=-1, keepdims=True)),
     ):
         model, config = local_model(input_channels=channels)
-        metadata = export.model_metadata(model, ml_collections.ConfigDict({"model": config}))
+        metadata = model_metadata(model, ml_collections.ConfigDict({"model": config}))
         parts = predict.keras_model_parts(model, metadata)
         converted = predict.predict_image(parts, image, 1024)
         explicit = predict.predict_image(parts, same_as, 1024)

@@ -1,15 +1,22 @@
-"""Saliency methods by name (`--saliency`): maps at input resolution, raw scale.
+"""Saliency methods by name (`--saliency`), each defined once: its raw map and its [0, 1] form.
 
-Each method is called as `method(model, images, geometry=(rf, stride), k=0)`
-with the classifier (a needles_tf.models.classifier.NeedleClassifier), a
-batch of images in [0, 255] (B, H, W, C), the geometry of its saliency grid
-(its backbone's `geometry`) and the class index k, and
-returns (B, H, W) float32 maps. The [0, 1] view (needles_tf.metrics.unit_interval) is for display.
+    maps = get_saliency_method("cam")(model, images, k=0)
+    maps.raw    (B, H, W) float32 at the input's size, on the method's own scale:
+                what ranks detections across images (localization AP, pointing game)
+    maps.unit   (B, H, W) in [0, 1]: what is thresholded and drawn (DICE, IoBB, PxAP,
+                overlays) and what a SavedModel serves as `saliency`
+
+`model` is a needles_tf.models.classifier.NeedleClassifier and `images` a
+batch (B, H, W, C) with values in [0, 255]. Methods the model computes on its
+grid (`GridSaliencyMethod`: instance, cam, attention) are upsampled from the
+grid with `saliency_to_input`; `unit` is the upsampled [0, 1] grid. The
+SavedModel's `saliency` output is the unit map of `model.head.default_saliency`,
+computed by the same code (needles_tf.export).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
 
 import keras
 from keras import ops
@@ -18,63 +25,167 @@ from needles_tf.localization.gradients import input_gradient
 from needles_tf.localization.upsample import saliency_to_input
 from needles_tf.models.heads import EmbeddingPoolingHead, InstancePoolingHead
 
-SALIENCY_METHODS: dict[str, Callable] = {}
+
+@dataclasses.dataclass(frozen=True)
+class SaliencyMaps:
+    """One method's maps of a batch: raw scale and [0, 1], both (B, H, W) float32."""
+
+    raw: object
+    unit: object
 
 
-def register_saliency(name: str):
-    def register(fn):
-        SALIENCY_METHODS[name] = fn
-        return fn
+class SaliencyMethod:
+    """A saliency method: `__call__(model, images, k)` -> SaliencyMaps."""
 
-    return register
+    name: str = ""
+
+    def check(self, model: keras.Model) -> None:
+        """Raises ValueError naming the flag when `model` cannot give this map."""
+
+    def raw(self, model: keras.Model, images, k: int):
+        raise NotImplementedError
+
+    def unit(self, raw):
+        """The [0, 1] form of raw maps (B, H, W): divided by each image's peak."""
+        peak = ops.max(ops.reshape(raw, (ops.shape(raw)[0], -1)), axis=1)
+        return raw / ops.reshape(ops.maximum(peak, 1e-12), (-1, 1, 1))
+
+    def __call__(
+        self, model: keras.Model, images, k: int = 0, outputs: dict | None = None
+    ) -> SaliencyMaps:
+        """Maps of class k; `outputs`, the model's outputs for `images`, saves a forward pass."""
+        self.check(model)
+        raw = ops.cast(self.raw(model, images, k), "float32")
+        return SaliencyMaps(raw=raw, unit=self.unit(raw))
 
 
-def get_saliency_method(name: str) -> Callable:
+class GridSaliencyMethod(SaliencyMethod):
+    """A map on the model's grid, read from its outputs; the [0, 1] form is taken on the grid."""
+
+    output: str = "saliency"
+
+    def grid(self, outputs: dict):
+        """(B, h, w, K) float32, raw scale, from the model's (or head's) outputs."""
+        grid = ops.cast(outputs[self.output], "float32")
+        classes = ops.shape(outputs["probability"])[-1]
+        shape = ops.shape(grid)
+        return ops.broadcast_to(grid, (shape[0], shape[1], shape[2], classes))
+
+    def unit_grid(self, grid):
+        raise NotImplementedError
+
+    def from_outputs(self, outputs: dict, height, width, geometry) -> SaliencyMaps:
+        """Both maps for all K classes, (B, height, width, K), from the model's outputs."""
+        grid = self.grid(outputs)
+        return SaliencyMaps(
+            raw=saliency_to_input(grid, height, width, *geometry),
+            unit=saliency_to_input(self.unit_grid(grid), height, width, *geometry),
+        )
+
+    def __call__(
+        self, model: keras.Model, images, k: int = 0, outputs: dict | None = None
+    ) -> SaliencyMaps:
+        self.check(model)
+        if outputs is None:
+            outputs = model(images, training=False)
+        shape = ops.shape(images)
+        maps = self.from_outputs(outputs, shape[1], shape[2], model.geometry)
+        return SaliencyMaps(raw=maps.raw[..., k], unit=maps.unit[..., k])
+
+
+SALIENCY_METHODS: dict[str, SaliencyMethod] = {}
+
+
+def register_saliency(cls: type[SaliencyMethod]) -> type[SaliencyMethod]:
+    """Class decorator: `--saliency=cls.name` uses an instance of `cls`."""
+    SALIENCY_METHODS[cls.name] = cls()
+    return cls
+
+
+def get_saliency_method(name: str) -> SaliencyMethod:
     if name not in SALIENCY_METHODS:
         raise ValueError(f"--saliency={name!r}: expected one of {sorted(SALIENCY_METHODS)}.")
     return SALIENCY_METHODS[name]
 
 
-def _model_map(model: keras.Model, images, k: int, geometry, output: str, what: str):
-    outputs = model(images, training=False)
-    if output not in outputs:
-        raise ValueError(f"--saliency={what!r}: this model has no {output!r} output.")
-    grid = ops.cast(outputs[output][..., min(k, outputs[output].shape[-1] - 1)], "float32")
-    shape = ops.shape(images)
-    return saliency_to_input(grid[..., None], shape[1], shape[2], *geometry)[..., 0]
+def default_saliency_method(model: keras.Model) -> GridSaliencyMethod:
+    """The map a model serves and evaluate scores unless told otherwise: its head's own."""
+    return SALIENCY_METHODS[model.head.default_saliency]
 
 
-@register_saliency("instance")
-def instance_map(model: keras.Model, images, *, geometry, k: int = 0):
-    """The instance head's probability map S (Yao et al. 2018 §3.6)."""
-    if not isinstance(model.head, InstancePoolingHead):
-        raise ValueError("--saliency='instance' needs a model with head='instance'.")
-    return _model_map(model, images, k, geometry, "saliency", "instance")
+def served_grid(model: keras.Model, outputs: dict) -> dict:
+    """The default method's map on the grid: `saliency_grid` (raw) and `saliency_unit`."""
+    method = default_saliency_method(model)
+    grid = method.grid(outputs)
+    return {"saliency_grid": grid, "saliency_unit": method.unit_grid(grid)}
 
 
-@register_saliency("cam")
-def class_activation_map(model: keras.Model, images, *, geometry, k: int = 0):
-    """The embedding head's class activation map: its classifier at every position.
+def _needs_head(model: keras.Model, head_class: type, method: str, head: str) -> None:
+    if not isinstance(model.head, head_class):
+        raise ValueError(f"--saliency={method!r} needs a model with head={head!r}.")
 
-    With attention pooling too: the attention weights are the `attention` method.
+
+@register_saliency
+class InstanceMap(GridSaliencyMethod):
+    """The instance head's probability map S (Yao et al. 2018 §3.6), already in [0, 1]."""
+
+    name = "instance"
+
+    def check(self, model):
+        _needs_head(model, InstancePoolingHead, self.name, "instance")
+
+    def unit_grid(self, grid):
+        return ops.clip(grid, 0.0, 1.0)
+
+
+@register_saliency
+class ClassActivationMap(GridSaliencyMethod):
+    """The embedding head's classifier at every position (its logits); [0, 1] by a sigmoid.
+
+    sigmoid(CAM) at a position is the probability the image would get from that
+    position alone, so with max pooling its peak is the image's probability.
     """
-    if not isinstance(model.head, EmbeddingPoolingHead):
-        raise ValueError("--saliency='cam' needs a model with head='embedding'.")
-    return _model_map(model, images, k, geometry, "saliency", "cam")
+
+    name = "cam"
+
+    def check(self, model):
+        _needs_head(model, EmbeddingPoolingHead, self.name, "embedding")
+
+    def unit_grid(self, grid):
+        return ops.sigmoid(grid)
 
 
-@register_saliency("attention")
-def attention_map(model: keras.Model, images, *, geometry, k: int = 0):
-    """The weights of attention pooling (Ilse et al.), one per position, shared by the classes."""
-    return _model_map(model, images, k, geometry, "attention", "attention")
+@register_saliency
+class AttentionMap(GridSaliencyMethod):
+    """The weights of attention pooling (Ilse et al. 2018), shared by the classes.
+
+    They sum to 1 over the positions; the [0, 1] form divides by each image's largest.
+    """
+
+    name = "attention"
+    output = "attention"
+
+    def check(self, model):
+        if not model.head.has_attention:
+            raise ValueError(
+                f"--saliency='attention' needs pooling='attention' or 'gated_attention', "
+                f"not {model.head.pooling_name!r}."
+            )
+
+    def unit_grid(self, grid):
+        return grid / ops.maximum(ops.max(grid, axis=(1, 2), keepdims=True), 1e-12)
 
 
-@register_saliency("gradient")
-def gradient_map(model: keras.Model, images, *, geometry=None, k: int = 0):
+@register_saliency
+class InputGradient(SaliencyMethod):
     """|d logit_k / d input|, summed over channels (Pawlowski et al. 2019 App. C.4)."""
-    images = ops.cast(images, "float32")
-    gradient = input_gradient(lambda x: model(x, training=False)["logits"][:, k], images)
-    return ops.sum(ops.abs(gradient), axis=-1)
+
+    name = "gradient"
+
+    def raw(self, model, images, k):
+        images = ops.cast(images, "float32")
+        gradient = input_gradient(lambda x: model(x, training=False)["logits"][:, k], images)
+        return ops.sum(ops.abs(gradient), axis=-1)
 
 
 def soft_threshold(x, threshold: float):
@@ -82,31 +193,29 @@ def soft_threshold(x, threshold: float):
     return ops.sign(x) * ops.maximum(ops.abs(x) - threshold, 0.0)
 
 
-@register_saliency("sparse_inversion")
-def sparse_inversion_map(
-    model: keras.Model,
-    images,
-    *,
-    geometry=None,
-    k: int = 0,
-    steps: int = 20,
-    step_size: float = 0.1,
-    sparsity: float = 0.01,
-):
+@register_saliency
+class SparseInversion(SaliencyMethod):
     """Sparse network inversion (Shin et al. 2020): the minimal input that keeps the prediction.
 
     From X⁰ = the image (scaled to [0, 1]), X^{t+1} = s_λ(X^t - η ∇l(X^t)) with
     l the cross-entropy between the bag score P(X) and the predicted label Ŷ;
-    what survives the soft-thresholding is the key evidence. Returns |X^T|
-    summed over channels.
+    what survives the soft-thresholding is the key evidence. The raw map is
+    |X^T| summed over channels.
     """
-    x = ops.cast(images, "float32") / 255.0
-    predicted = ops.cast(model(images, training=False)["probability"][:, k] >= 0.5, "float32")
 
-    def loss(value):
-        logits = model(value * 255.0, training=False)["logits"][:, k]
-        return ops.binary_crossentropy(predicted, logits, from_logits=True)
+    name = "sparse_inversion"
 
-    for _ in range(steps):
-        x = soft_threshold(x - step_size * input_gradient(loss, x), sparsity)
-    return ops.sum(ops.abs(x), axis=-1)
+    def __init__(self, steps: int = 20, step_size: float = 0.1, sparsity: float = 0.01):
+        self.steps, self.step_size, self.sparsity = steps, step_size, sparsity
+
+    def raw(self, model, images, k):
+        x = ops.cast(images, "float32") / 255.0
+        predicted = ops.cast(model(images, training=False)["probability"][:, k] >= 0.5, "float32")
+
+        def loss(value):
+            logits = model(value * 255.0, training=False)["logits"][:, k]
+            return ops.binary_crossentropy(predicted, logits, from_logits=True)
+
+        for _ in range(self.steps):
+            x = soft_threshold(x - self.step_size * input_gradient(loss, x), self.sparsity)
+        return ops.sum(ops.abs(x), axis=-1)

@@ -81,6 +81,11 @@ class MILHead(keras.layers.Layer):
     def has_attention(self) -> bool:
         return self.pooling.return_weights
 
+    @property
+    def default_saliency(self) -> str:
+        """The saliency method (needles_tf.localization.methods) this head's model serves."""
+        raise NotImplementedError
+
     def _pool(self, x):
         """(pooled, attention or None)."""
         if self.pooling.return_weights:
@@ -111,6 +116,11 @@ class EmbeddingPoolingHead(MILHead):
             )
         super().__init__(num_classes, pooling, pooling_kwargs, **kwargs)
         self.classifier = keras.layers.Dense(num_classes, dtype="float32", name="classifier")
+
+    @property
+    def default_saliency(self) -> str:
+        """The attention weights where pooling has them (Ilse et al. 2018), else the CAM."""
+        return "attention" if self.has_attention else "cam"
 
     def build(self, input_shape):
         self.pooling.build(input_shape)
@@ -149,6 +159,10 @@ class InstancePoolingHead(MILHead):
             num_classes, dtype="float32", name="instance_classifier"
         )
         self.to_logit = ProbabilityToLogit(name="image_logit")
+
+    @property
+    def default_saliency(self) -> str:
+        return "instance"
 
     def build(self, input_shape):
         self.instance_classifier.build(input_shape)

@@ -1,0 +1,27 @@
+"""A finished (or interrupted) training run's directory, read back: its config and best model."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import keras
+import ml_collections
+
+from needles_tf.models.factory import build_model
+
+
+def load_run(model_dir: pathlib.Path) -> tuple[keras.Model, ml_collections.ConfigDict]:
+    """The model of a training run with its best weights, and its config."""
+    config_path = model_dir / "config.json"
+    if not config_path.exists():
+        raise FileNotFoundError(f"--model_dir={model_dir}: no config.json; is it a training run?")
+    config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
+    best = sorted(model_dir.glob("best-epoch*.weights.h5"))
+    if not best:
+        raise FileNotFoundError(
+            f"--model_dir={model_dir}: no best-epochNNNN.weights.h5; train at least one epoch."
+        )
+    model = build_model(config.model)
+    model.load_weights(best[-1])
+    return model, config
