@@ -2,7 +2,7 @@ r"""The multi-resolution model of Yao et al. 2018 at 512x512: parameters and tra
 
     python benchmarks/multires_throughput.py [--widths=1.0,0.25] [--batch=4] [--steps=4]
 
-configs/multires.py's model (4 fused levels, saliency 64x64, growth 16, 2 dense
+needles_tf/configs/multires.py's model (4 fused levels, saliency 64x64, growth 16, 2 dense
 layers per level, 14 classes, LSE-LBA) at each capacity in --widths, float32,
 Adam, multi-label binary cross-entropy on random 512x512 images. Prints the
 median of --blocks timed blocks of --steps steps after 2 warm-up steps.
@@ -10,14 +10,13 @@ median of --blocks timed blocks of --steps steps after 2 warm-up steps.
 
 from __future__ import annotations
 
-import pathlib
-import runpy
 import time
 
 import keras
 import numpy as np
 from absl import app, flags
 
+from needles_tf.configs import multires
 from needles_tf.models.factory import build_model
 
 _WIDTHS = flags.DEFINE_list("widths", ["1.0", "0.25"], "Channel scales to measure.")
@@ -29,13 +28,12 @@ _BLOCKS = flags.DEFINE_integer("blocks", 3, "Timed blocks; the median is printed
 
 def main(argv: list[str]) -> None:
     del argv
-    path = pathlib.Path(__file__).parents[1] / "configs" / "multires.py"
     rng = np.random.default_rng(0)
     size, batch = _SIZE.value, _BATCH.value
     images = rng.uniform(0, 255, (batch, size, size, 1)).astype(np.float32)
     labels = rng.integers(0, 2, (batch, 14)).astype(np.float32)
     for width in map(float, _WIDTHS.value):
-        config = runpy.run_path(str(path))["get_config"]().model
+        config = multires.get_config().model
         config.update(width=width, dtype_policy="float32")
         inference = build_model(config)
         training = keras.Model(inference.input, inference.output["logits"])

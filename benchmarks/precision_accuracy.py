@@ -1,6 +1,6 @@
 r"""Does a dtype policy keep accuracy? Short nMNIST training per policy, same seed and data.
 
-Trains configs/nmnist.py's model (RF 33, max pooling) on a fixed training
+Trains needles_tf/configs/nmnist.py's model (RF 33, max pooling) on a fixed training
 subset for a few epochs under each policy and reports validation accuracy,
 ROC AUC and training images/s. Needs a built dataset, e.g.
 
@@ -11,8 +11,6 @@ ROC AUC and training images/s. Needs a built dataset, e.g.
 
 from __future__ import annotations
 
-import pathlib
-import runpy
 import time
 
 import keras
@@ -20,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
+from needles_tf.configs import nmnist
 from needles_tf.data import load
 from needles_tf.models.factory import build_model
 
@@ -55,13 +54,12 @@ def validation_metrics(model: keras.Model, data: tf.data.Dataset) -> tuple[float
 
 def main(argv):
     del argv
-    config_path = pathlib.Path(__file__).parents[1] / "configs" / "nmnist.py"
     train = batches("train", _TRAIN_SIZE.value, shuffle=True)
     validation = batches("validation", None, shuffle=False)
     print(f"{'policy':<16}{'val acc':>9}{'val AUC':>9}{'images/s':>10}")
     for policy in _POLICIES.value:
         keras.utils.set_random_seed(0)
-        config = runpy.run_path(str(config_path))["get_config"]().model
+        config = nmnist.get_config().model
         config.update({"width": _WIDTH.value, "dtype_policy": policy})
         model = build_model(config)
         model.compile(

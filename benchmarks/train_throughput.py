@@ -14,8 +14,6 @@ two products of the same size in the backward pass); the classifier is negligibl
 from __future__ import annotations
 
 import itertools
-import pathlib
-import runpy
 import time
 
 import keras
@@ -24,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
+from needles_tf.configs import nmnist
 from needles_tf.models.factory import build_model
 
 _POLICIES = flags.DEFINE_list("dtype_policy", ["float32"], "Keras dtype policies to compare.")
@@ -38,9 +37,8 @@ _CASES = flags.DEFINE_list(
 
 
 def model_config(width: float, policy: str) -> ml_collections.ConfigDict:
-    """configs/nmnist.py's model (RF 33, max pooling) at capacity `width` and `policy`."""
-    path = pathlib.Path(__file__).parents[1] / "configs" / "nmnist.py"
-    config = runpy.run_path(str(path))["get_config"]().model
+    """needles_tf/configs/nmnist.py's model (RF 33, max pooling) at `width` and `policy`."""
+    config = nmnist.get_config().model
     config.update({"width": width, "dtype_policy": policy})
     return config
 

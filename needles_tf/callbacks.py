@@ -91,7 +91,7 @@ class RunState(keras.callbacks.Callback):
                 f"The training loss became {float(loss)} at epoch {self.state['epoch'] + 1}, "
                 f"step {self.state['global_step'] + 1}. The last checkpoint in "
                 f"{self.manager.directory} is intact; lower --config.learning_rate or use "
-                "--precision=float32 and rerun to resume from it."
+                "--dtype_policy=float32 and rerun to resume from it."
             )
         self.state["global_step"] += 1
         if self.every_steps and self.state["global_step"] % self.every_steps == 0:

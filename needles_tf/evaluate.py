@@ -7,9 +7,9 @@ Writes DIR/eval/metrics.json (classification, then per saliency method the
 localization AP of Pawlowski et al. 2019 App. C.4, continuous DICE, IoBB accuracy at each
 --tau, PxAP and the pointing game), DIR/eval/precision_recall.png and
 DIR/eval/overlays.png (true/false positives/negatives, like Pawlowski et al. 2019 Fig. 16),
-and prints a table. Localization needs boxes (`needle_bbox`) in the dataset;
-PxAP needs masks (`needle_mask` or `lesion_mask`); what a dataset lacks is skipped
-with the reason. Multi-label datasets with per-finding boxes (`bboxes`, ChestX-ray14)
+and prints a table. Localization needs needle boxes in the dataset and
+PxAP object masks (needles_tf.data.targets); what a dataset lacks is skipped
+with the reason. Multi-label datasets with per-finding boxes (ChestX-ray14)
 get AUC per finding and, per finding with boxes, the continuous DICE and IoBB
 accuracy at each --tau (Yao et al. 2018 Tables 2-3).
 """
@@ -24,14 +24,13 @@ from typing import Any
 import keras
 import matplotlib
 import numpy as np
-import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import app, flags, logging
 
 from needles_tf import metrics
 from needles_tf.atomic import atomic_path, atomic_write_text
 from needles_tf.checkpointing import writable_directory
-from needles_tf.data import load, pipeline
+from needles_tf.data import load, pipeline, targets
 from needles_tf.localization.methods import SaliencyMaps, SaliencyMethod, get_saliency_method
 from needles_tf.plots import saliency_overlay
 from needles_tf.runs import load_run
@@ -41,7 +40,6 @@ from matplotlib import pyplot as plt
 
 OUTCOMES = ("TP", "FP", "FN", "TN")
 GALLERY_PER_OUTCOME = 6
-MASK_FEATURES = {"needle_mask", "lesion_mask"}  # nMNIST's and nCAMELYON's object pixels
 
 
 def saliency_batch(
@@ -89,7 +87,7 @@ def evaluate(
     data = load(config.dataset, split, data_dir=data_dir)
     if max_examples:
         data = data.take(max_examples)
-    if "bboxes" in data.element_spec:  # multi-label with per-finding boxes (ChestX-ray14)
+    if targets.has_findings(data):  # multi-label with per-finding boxes (ChestX-ray14)
         results = _evaluate_findings(
             model, config, data, split, method_fns, batch_size, taus, alpha, data_dir
         )
@@ -101,17 +99,16 @@ def evaluate(
     gallery: dict[str, list] = {outcome: [] for outcome in OUTCOMES}  # what overlays.png shows
     raw: dict[str, list[np.ndarray]] = {name: [] for name in methods}  # rank detections
     unit: dict[str, list[np.ndarray]] = {name: [] for name in methods}  # thresholded, drawn
-    batches = data.batch(batch_size)
+    batches = targets.with_targets(data, int(config.model.num_classes)).batch(batch_size)
     bar = _progress_bar(batches)
     for batch in batches.as_numpy_iterator():
         images = batch["image"].astype(np.float32)
         outputs = model.predict_on_batch(images)
         probability = np.asarray(outputs["probability"])
-        labels.append(np.asarray(batch["label"], np.float32).reshape(len(images), -1))
+        labels.append(batch["label"])
         probabilities.append(probability)
-        boxes.extend(batch.get("needle_bbox", [None] * len(images)))
-        for feature in MASK_FEATURES & batch.keys():
-            masks.extend(batch[feature][..., 0] > 0)
+        boxes.extend(batch.get("box", [None] * len(images)))
+        masks.extend(batch.get("mask", []))
         for name, maps in saliency_batch(model, images, method_fns, 0, outputs).items():
             raw[name].extend(maps.raw)
             unit[name].extend(maps.unit)
@@ -134,7 +131,7 @@ def evaluate(
         },
     }
     if all(box is None for box in boxes):
-        results["localization"] = f"skipped: {config.dataset} has no needle_bbox feature"
+        results["localization"] = f"skipped: {config.dataset} has no {targets.BOX_FEATURE} feature"
     else:
         results["localization"] = {
             name: _localization(raw[name], unit[name], boxes, masks, taus, alpha)
@@ -165,9 +162,6 @@ def _write_metrics(model_dir: pathlib.Path, results: dict[str, Any]) -> pathlib.
     return out
 
 
-MAX_BOXES = 16  # boxes per image kept for multi-label localization (ChestX-ray14 has <= 3)
-
-
 def _evaluate_findings(
     model, config, data, split, method_fns, batch_size, taus, alpha, data_dir
 ) -> dict[str, Any]:
@@ -177,23 +171,15 @@ def _evaluate_findings(
     classes = int(config.model.num_classes)
     names = pipeline.class_names(tfds.builder(config.dataset, data_dir=data_dir))
 
-    def prepare(example):
-        image, label = pipeline.to_example(example, classes)
-        boxes = example["bboxes"]["bbox"][:MAX_BOXES]
-        finding = tf.cast(example["bboxes"]["label"][:MAX_BOXES], tf.int32)
-        pad = MAX_BOXES - tf.shape(finding)[0]
-        boxes = tf.pad(boxes, [[0, pad], [0, 0]])
-        finding = tf.pad(finding, [[0, pad]], constant_values=-1)
-        return image, label, boxes, finding
-
     labels, probabilities = [], []
     dice = {name: {} for name in method_fns}
     hits = {name: {} for name in method_fns}
-    batches = data.map(prepare).batch(batch_size)
+    batches = targets.with_findings(data, classes).batch(batch_size)
     bar = _progress_bar(batches)
-    for images, label, boxes, finding in batches.as_numpy_iterator():
-        images = images.astype(np.float32)
-        labels.append(label)
+    for batch in batches.as_numpy_iterator():
+        images = batch["image"].astype(np.float32)
+        boxes, finding = batch["boxes"], batch["finding"]
+        labels.append(batch["label"])
         outputs = model.predict_on_batch(images)
         probabilities.append(np.asarray(outputs["probability"]))
         for k in np.unique(finding[finding >= 0]):

@@ -2,8 +2,12 @@ r"""Train a needles_tf model: config -> strategy -> data, model -> fit -> test -
 
     python -m needles_tf.train --pooling=lse_lba
     python -m needles_tf.train --preset=cpu_quick --tfds_manual_dir=PATH_TO_MNIST
-    python -m needles_tf.train --config=configs/nmnist.py --config.model.width=0.25 \
+    python -m needles_tf.train --config=multires:cpu_quick --dataset=nmnist/canvas_128
+    python -m needles_tf.train --config=nmnist --config.model.width=0.25 \
         --model_dir=runs/width_quarter
+
+--config names a family of needles_tf/configs (nmnist, ncamelyon, multires) or
+a .py file of your own, optionally with :PRESET (`--preset` is the same thing).
 
 The model directory receives `config.json`, `checkpoints/` (resumable: rerun
 the same command after a crash), `best-epochNNNN.weights.h5`, `history.csv`,
@@ -21,24 +25,22 @@ from typing import Any
 
 import keras
 import ml_collections
-import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from needles_tf import distribute, export
+from needles_tf import configs, distribute, export
 from needles_tf.atomic import atomic_write_text
 from needles_tf.callbacks import NonFiniteLossError, RunState, SaliencyOverlays, new_run_state
 from needles_tf.checkpointing import CheckpointManager, writable_directory
-from needles_tf.data import pipeline
+from needles_tf.data import pipeline, targets
 from needles_tf.layers.pooling import POOLINGS
 from needles_tf.models.backbone import BACKBONES
+from needles_tf.models.bagnet import THREE_BY_THREE_BLOCKS
 from needles_tf.models.factory import build_model
 from needles_tf.models.heads import HEADS
 from needles_tf.precision import POLICIES as PRECISIONS
 from needles_tf.precision import resolve_dtype_policy
 
-CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
-RECEPTIVE_FIELDS = ("9", "33", "177")
 OPTIMIZERS = {
     "rmsprop": keras.optimizers.RMSprop,
     "adam": keras.optimizers.Adam,
@@ -48,14 +50,18 @@ OPTIMIZERS = {
 # Fields a resumed run may change; any other difference from config.json is an error.
 RESUMABLE_CHANGES = ("epochs", "strategy", "checkpoint_every_steps", "overlay_images")
 
+# The command line as parse_flags rewrote it: config_flags finds the --config.FIELD
+# overrides here rather than in sys.argv, which still has --preset and family names.
+_CONFIG_ARGV: list[str] = []
 _CONFIG = config_flags.DEFINE_config_file(
     "config",
-    str(CONFIGS / "nmnist.py"),
-    "Experiment config file; override fields with "
-    "--config.FIELD=VALUE, e.g. --config.model.pooling=lse_lba.",
+    str(configs.config_path(configs.DEFAULT)),
+    f"Experiment config: one of {list(configs.CONFIGS)} or a .py file, optionally with "
+    ":PRESET; override fields with --config.FIELD=VALUE, e.g. --config.model.pooling=lse_lba.",
     lock_config=True,
+    sys_argv=_CONFIG_ARGV,
 )
-_PRESET = flags.DEFINE_string("preset", None, "A preset of the config file, e.g. cpu_quick.")
+_PRESET = flags.DEFINE_string("preset", None, "A preset of the config: --config=CONFIG:PRESET.")
 _MODEL_DIR = flags.DEFINE_string(
     "model_dir", None, "Where checkpoints, logs and the export go (default: runs/<run name>)."
 )
@@ -66,35 +72,37 @@ _TFDS_MANUAL_DIR = flags.DEFINE_string(
     "TFDS manual directory, for building a dataset from local files "
     "(e.g. the four MNIST .gz files).",
 )
-# Everyday knobs: each sets the config field of the same name (model fields under model.).
+# Everyday knobs: each flag sets the config field whose last part is its name.
+FLAG_FIELDS = (
+    "model.pooling",
+    "model.receptive_field",
+    "model.width",
+    "model.head",
+    "model.extractor",
+    "model.dtype_policy",
+    "dataset",
+    "train_size",
+    "positive_fraction",
+    "epochs",
+    "batch_size",
+    "seed",
+    "strategy",
+)
 flags.DEFINE_enum("pooling", None, sorted(POOLINGS), "model.pooling: global pooling.")
-flags.DEFINE_enum("rf", None, RECEPTIVE_FIELDS, "model.receptive_field: BagNet receptive field.")
+flags.DEFINE_integer(
+    "receptive_field", None, f"model.receptive_field: BagNet's, {sorted(THREE_BY_THREE_BLOCKS)}."
+)
 flags.DEFINE_float("width", None, "model.width: capacity s (> 0).")
 flags.DEFINE_enum("head", None, sorted(HEADS), "model.head: embedding or instance pooling.")
 flags.DEFINE_enum("extractor", None, sorted(BACKBONES), "model.extractor.")
-flags.DEFINE_string("dataset", None, "TFDS name/config, e.g. nmnist/canvas_256.")
-flags.DEFINE_integer("train_size", None, "Distinct training images; 0 = the whole split.")
-flags.DEFINE_float("positive_fraction", None, "Fraction of positives in the training set.")
-flags.DEFINE_integer("epochs", None, "Training epochs.")
-flags.DEFINE_integer("batch_size", None, "Global batch of one step (split across replicas).")
-flags.DEFINE_integer("seed", None, "Random seed of initialization and data order.")
-flags.DEFINE_enum("strategy", None, sorted(distribute.STRATEGIES), "tf.distribute strategy.")
-flags.DEFINE_enum("precision", None, PRECISIONS, "model.dtype_policy: Keras dtype policy.")
-_FLAG_FIELDS = {
-    "pooling": ("model.pooling", str),
-    "rf": ("model.receptive_field", int),
-    "width": ("model.width", float),
-    "head": ("model.head", str),
-    "extractor": ("model.extractor", str),
-    "dataset": ("dataset", str),
-    "train_size": ("train_size", int),
-    "positive_fraction": ("positive_fraction", float),
-    "epochs": ("epochs", int),
-    "batch_size": ("batch_size", int),
-    "seed": ("seed", int),
-    "strategy": ("strategy", str),
-    "precision": ("model.dtype_policy", str),
-}
+flags.DEFINE_enum("dtype_policy", None, PRECISIONS, "model.dtype_policy: Keras dtype policy.")
+flags.DEFINE_string("dataset", None, "dataset: TFDS name/config, e.g. nmnist/canvas_256.")
+flags.DEFINE_integer("train_size", None, "train_size: distinct training images; 0 = all.")
+flags.DEFINE_float("positive_fraction", None, "positive_fraction: of the training set.")
+flags.DEFINE_integer("epochs", None, "epochs: training epochs.")
+flags.DEFINE_integer("batch_size", None, "batch_size: global batch of one step.")
+flags.DEFINE_integer("seed", None, "seed: of initialization and data order.")
+flags.DEFINE_enum("strategy", None, sorted(distribute.STRATEGIES), "strategy: tf.distribute.")
 
 
 def set_field(config: ml_collections.ConfigDict, path: str, value: Any) -> None:
@@ -104,28 +112,68 @@ def set_field(config: ml_collections.ConfigDict, path: str, value: Any) -> None:
     config[leaf] = value
 
 
+def config_argv(argv: list[str]) -> list[str]:
+    """argv with --config=NAME[:PRESET] as the installed file and --preset folded into it.
+
+    `--preset=P` becomes the config argument's `:P`, the one way a preset is applied
+    (by the family's get_config), before any --config.FIELD override.
+    """
+    argv = _joined(argv, ("config", "preset"))
+    preset, index, value = None, None, None
+    for i, arg in enumerate(argv):
+        if arg.startswith(("--preset=", "-preset=")):
+            preset = arg.split("=", 1)[1]
+        elif arg.startswith(("--config=", "-config=")):
+            index, value = i, arg.split("=", 1)[1]
+    if value is None:
+        value = configs.DEFAULT
+    name, _, own_preset = value.partition(":")
+    if preset and own_preset and preset != own_preset:
+        raise ValueError(f"--preset={preset!r} and --config={value!r}: give one preset.")
+    if not name.endswith(".py"):  # a family by name
+        path = str(configs.config_path(name))
+        if preset or own_preset:
+            configs.check_preset(name, preset or own_preset)
+        name = path
+    value = name + (f":{preset or own_preset}" if preset or own_preset else "")
+    if index is None:
+        argv.insert(1, f"--config={value}")
+    else:
+        argv[index] = f"--config={value}"
+    return argv
+
+
+def _joined(argv: list[str], names: tuple[str, ...]) -> list[str]:
+    """argv with `--NAME VALUE` written as `--NAME=VALUE` for each of `names`."""
+    spelled = {f"{dashes}{name}" for name in names for dashes in ("-", "--")}
+    joined: list[str] = []
+    for arg in argv:
+        if joined and joined[-1] in spelled:
+            joined[-1] = f"{joined[-1]}={arg}"
+        else:
+            joined.append(arg)
+    return joined
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flags parser for this entry point: packaged config names, presets, then FLAGS."""
+    try:
+        argv = config_argv(argv)
+    except ValueError as error:  # as absl reports a bad flag
+        sys.exit(f"FATAL Flags parsing error: {error}\nPass --helpshort or --helpfull for help.")
+    _CONFIG_ARGV[:] = argv
+    return app.parse_flags_with_usage(argv)
+
+
 def resolved_config() -> ml_collections.ConfigDict:
-    """Config file, then --preset, then --config.FIELD overrides, then the plain flags."""
+    """The config (with its preset and --config.FIELD overrides), then the plain flags."""
     config = _CONFIG.value
     with config.unlocked():
-        if _PRESET.value:
-            _config_module_attribute("apply_preset")(config, _PRESET.value)
-            for path, value in config_flags.get_override_values(flags.FLAGS["config"]).items():
+        for path in FLAG_FIELDS:
+            value = flags.FLAGS[path.rsplit(".", 1)[-1]].value
+            if value is not None:
                 set_field(config, path, value)
-        for name, (path, cast) in _FLAG_FIELDS.items():
-            if flags.FLAGS[name].value is not None:
-                set_field(config, path, cast(flags.FLAGS[name].value))
     return config
-
-
-def _config_module_attribute(name: str):
-    """An attribute of the --config file's module (e.g. its apply_preset)."""
-    path = flags.FLAGS["config"].config_filename
-    namespace: dict[str, Any] = {"__name__": "needles_tf_config", "__file__": path}
-    exec(compile(pathlib.Path(path).read_text(), path, "exec"), namespace)
-    if name not in namespace:
-        raise app.UsageError(f"--preset: the config file {path} defines no {name}().")
-    return namespace[name]
 
 
 class ConfigError(ValueError):
@@ -140,7 +188,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         (model.head in HEADS, "--head", model.head, f"one of {sorted(HEADS)}"),
         (
             model.dtype_policy in PRECISIONS,
-            "--precision",
+            "--dtype_policy",
             model.dtype_policy,
             f"one of {PRECISIONS}",
         ),
@@ -189,10 +237,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if model.extractor == "bagnet":
         checks.append(
             (
-                str(model.receptive_field) in RECEPTIVE_FIELDS,
-                "--rf",
+                model.receptive_field in THREE_BY_THREE_BLOCKS,
+                "--receptive_field",
                 model.receptive_field,
-                f"one of {RECEPTIVE_FIELDS}",
+                f"one of {sorted(THREE_BY_THREE_BLOCKS)}",
             )
         )
     for ok, name, value, expected in checks:
@@ -269,14 +317,6 @@ def compile_for_training(inference: keras.Model, config, steps_per_epoch: int) -
         ],
     )
     return training
-
-
-def overlay_batch(count: int, name: str, data_dir: str | None):
-    """The first `count` validation images, labels and needle boxes (when the dataset has them)."""
-    examples = next(iter(pipeline.load(name, "validation", data_dir=data_dir).batch(count)))
-    boxes = examples.get("needle_bbox")
-    labels = np.asarray(examples["label"], np.float32).reshape(len(examples["image"]), -1)
-    return np.asarray(examples["image"]), None if boxes is None else np.asarray(boxes), labels
 
 
 def train(
@@ -411,7 +451,9 @@ def _datasets(config, data_dir: str | None, manual_dir: str | None) -> pipeline.
 
 
 def _saliency_overlays(config, inference, model_dir: pathlib.Path, data_dir: str | None):
-    images, boxes, labels = overlay_batch(config.overlay_images, config.dataset, data_dir)
+    images, boxes, labels = targets.first_examples(
+        config.dataset, "validation", config.overlay_images, config.model.num_classes, data_dir
+    )
     return SaliencyOverlays(inference, images, boxes, labels, model_dir / "tensorboard")
 
 
@@ -465,4 +507,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pathlib
 import re
-import runpy
 import shutil
 
 import numpy as np
@@ -112,10 +111,11 @@ def test_bad_files_are_named(miniature, tmp_path, damage, message):
 
 @pytest.fixture(scope="module")
 def multires_run(built, tmp_path_factory):
-    """configs/multires.py, narrowed: one epoch, best checkpoint by mean validation AUC."""
+    """The multires config, narrowed: one epoch, best checkpoint by mean validation AUC."""
     from needles_tf import train
+    from needles_tf.configs import multires
 
-    config = runpy.run_path(str(ROOT / "configs" / "multires.py"))["get_config"]()
+    config = multires.get_config()
     config.model.update(width=0.125, growth_rate=4, levels=2, dtype_policy="float32")
     config.update(epochs=1, batch_size=4, effective_batch_size=4, overlay_images=2)
     model_dir = tmp_path_factory.mktemp("run")

@@ -2,26 +2,22 @@
 
 from __future__ import annotations
 
-import pathlib
-import runpy
-
 import keras
 import ml_collections
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from needles_tf.configs import nmnist
 from needles_tf.layers import normalization
 from needles_tf.layers.pooling import POOLINGS
 from needles_tf.models.bagnet import BagNetBackbone
 from needles_tf.models.factory import build_model
 
-CONFIGS = pathlib.Path(__file__).parents[1] / "configs"
-
 
 def model_config(**overrides) -> ml_collections.ConfigDict:
-    """The `model` part of configs/nmnist.py, at width 1/8 unless overridden."""
-    config = runpy.run_path(str(CONFIGS / "nmnist.py"))["get_config"]().model
+    """The `model` part of needles_tf/configs/nmnist.py, at width 1/8 unless overridden."""
+    config = nmnist.get_config().model
     config.update({"width": 0.125, **overrides})
     return config
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pathlib
 import re
-import runpy
 import shutil
 
 import apache_beam as beam
@@ -252,12 +251,13 @@ def test_a_missing_stage_labels_csv_is_an_error(miniature, tmp_path):
 
 @pytest.mark.slow
 def test_a_model_trains_on_a_built_config_and_exports(miniature, tmp_path):
-    """configs/ncamelyon.py, tiny: builds crop128_o2i_1_10 through the trainer, then trains."""
+    """The ncamelyon config, tiny: builds crop128_o2i_1_10 through the trainer, then trains."""
     from test_train import tiny_config
 
     from needles_tf import train
+    from needles_tf.configs import ncamelyon
 
-    config = runpy.run_path(str(ROOT / "configs" / "ncamelyon.py"))["get_config"]()
+    config = ncamelyon.get_config()
     config.model = tiny_config().model
     config.model.update(input_channels=3, receptive_field=9)
     config.update(

@@ -41,14 +41,12 @@ def test_every_pooling_has_a_head_and_both_heads_are_covered():
 
 # The served map depends on the head and on whether pooling weights positions
 # (needles_tf.models.heads: default_saliency): each head with a pooling of each kind.
+# Four exports of ~12 s; the other combinations serve one of these maps.
 SERVED_KINDS = [
     ("embedding", "max"),
-    ("embedding", "lse"),
     ("embedding", "attention"),
-    ("embedding", "gated_attention"),
     ("instance", "lse_lba"),
-    ("instance", "noisy_or"),
-    ("instance", "attention"),
+    ("instance", "gated_attention"),
 ]
 
 

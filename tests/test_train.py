@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import runpy
 import subprocess
 import sys
 import textwrap
@@ -20,6 +19,7 @@ from conftest import free_ports
 from needles_tf import train as train_module
 from needles_tf.callbacks import NonFiniteLossError, RunState, new_run_state
 from needles_tf.checkpointing import CheckpointManager
+from needles_tf.configs import nmnist
 
 pytestmark = pytest.mark.slow  # trains, or runs workers in subprocesses
 
@@ -28,7 +28,7 @@ STEPS_PER_EPOCH = 3  # 12 dummy training images, batch 4
 
 
 def tiny_config(**fields):
-    config = runpy.run_path(str(ROOT / "configs" / "nmnist.py"))["get_config"]()
+    config = nmnist.get_config()
     config.model.update(
         width=0.0625,
         receptive_field=9,
@@ -254,14 +254,14 @@ def test_nan_loss_stops_with_a_clear_message(tmp_path):
     [
         ({"model.width": -1.0}, r"--width=-1.0: expected a positive"),
         ({"model.pooling": "median"}, r"--pooling='median': expected one of \[.*'lse_lba'"),
-        ({"model.dtype_policy": "int8"}, r"--precision='int8': expected one of"),
+        ({"model.dtype_policy": "int8"}, r"--dtype_policy='int8': expected one of"),
         ({"optimizer": "lbfgs"}, r"--config.optimizer='lbfgs'"),
         (
             {"effective_batch_size": 6},
             r"effective_batch_size=6: expected a multiple of --batch_size=4",
         ),
         ({"positive_fraction": 1.5}, r"--positive_fraction=1.5"),
-        ({"model.receptive_field": 17}, r"--rf=17: expected one of"),
+        ({"model.receptive_field": 17}, r"--receptive_field=17: expected one of"),
         ({"best_metric": "loss"}, r"--config.best_metric=.loss.: expected .accuracy. or .auc."),
     ],
 )
@@ -291,9 +291,9 @@ def test_command_line_rejects_bad_flags_at_once(tmp_path):
     assert "--pooling=median" in result.stderr and "lse_lba" in result.stderr
     result = run_cli("--width=-2", "--preset=cpu_quick", f"--model_dir={tmp_path}")
     assert result.returncode != 0 and "--width=-2.0: expected a positive" in result.stderr
-    # A config file that reads its own path (configs/ncamelyon.py builds on nmnist.py).
+    # A family by name, with a preset from the family it builds on.
     result = run_cli(
-        "--config=configs/ncamelyon.py",
+        "--config=ncamelyon",
         "--preset=cpu_quick",
         "--width=-2",
         f"--model_dir={tmp_path}",
@@ -304,13 +304,13 @@ def test_command_line_rejects_bad_flags_at_once(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
-def test_preset_then_config_overrides_then_flags(monkeypatch):
+def test_preset_then_config_overrides_then_flags():
     from absl import flags
 
-    preset = runpy.run_path(str(ROOT / "configs" / "nmnist.py"))["PRESETS"]["cpu_quick"]
+    preset = nmnist.PRESETS["cpu_quick"]
     argv = [
         "train",
-        f"--config={ROOT / 'configs' / 'nmnist.py'}",
+        "--config=nmnist",
         "--preset=cpu_quick",
         "--config.learning_rate=0.01",
         "--config.model.width=0.5",
@@ -318,9 +318,8 @@ def test_preset_then_config_overrides_then_flags(monkeypatch):
         "--pooling=max",
         "--head=embedding",
     ]
-    monkeypatch.setattr(sys, "argv", argv)  # config_flags reads its overrides from sys.argv
     flags.FLAGS.unparse_flags()
-    flags.FLAGS(argv)
+    train_module.parse_flags(argv)
     try:
         config = train_module.resolved_config()
     finally:
@@ -328,6 +327,22 @@ def test_preset_then_config_overrides_then_flags(monkeypatch):
     assert config.epochs == preset["epochs"] and config.optimizer == preset["optimizer"]
     assert config.learning_rate == 0.01  # --config.* beats the preset
     assert config.model.width == 0.125 and config.model.pooling == "max"  # plain flags last
+
+
+def test_config_argument_names_a_family_and_folds_the_preset_into_it():
+    path = str(train_module.configs.config_path("multires"))
+    folded = train_module.config_argv(["train", "--config=multires", "--preset=cpu_quick"])
+    assert folded == ["train", f"--config={path}:cpu_quick", "--preset=cpu_quick"]
+    default = train_module.config_argv(["train", "--preset=cpu_quick", "--epochs=1"])
+    assert default[1] == f"--config={train_module.configs.config_path('nmnist')}:cpu_quick"
+    spaced = train_module.config_argv(["train", "--config", "multires", "--preset", "cpu_quick"])
+    assert spaced == folded
+    mine = train_module.config_argv(["train", "--config=/somewhere/mine.py:small"])
+    assert mine == ["train", "--config=/somewhere/mine.py:small"]
+    with pytest.raises(ValueError, match="give one preset"):
+        train_module.config_argv(["train", "--config=nmnist:a", "--preset=b"])
+    with pytest.raises(ValueError, match=r"--config='resnet': expected a .py file or one of"):
+        train_module.config_argv(["train", "--config=resnet:cpu_quick"])
 
 
 def test_multi_worker_run_survives_kill_9_of_every_worker(tfds_dir, tmp_path):
@@ -339,8 +354,8 @@ def test_multi_worker_run_survives_kill_9_of_every_worker(tfds_dir, tmp_path):
         f"--tfds_data_dir={tfds_dir}",
         "--strategy=multi_worker",
         "--width=0.0625",
-        "--rf=9",
-        "--precision=float32",
+        "--receptive_field=9",
+        "--dtype_policy=float32",
         "--head=instance",
         "--pooling=lse_lba",
         "--epochs=4",

@@ -88,7 +88,7 @@ class Backbone(keras.Model):
 
     @classmethod
     def from_model_config(cls, config, dtype: str | None) -> Backbone:
-        """The backbone of a `model` ConfigDict (configs/), under a dtype policy name."""
+        """The backbone of a `model` ConfigDict (needles_tf/configs/), under a dtype policy name."""
         raise NotImplementedError
 
     def get_config(self) -> dict:

@@ -1,6 +1,6 @@
 """build_model(config): a NeedleClassifier (preprocessing -> backbone -> MIL head) from a config.
 
-`config` is an ml_collections ConfigDict (see configs/) with the fields
+`config` is an ml_collections ConfigDict (see needles_tf/configs/) with the fields
   extractor: a name in needles_tf.models.backbone.BACKBONES: "bagnet" (Pawlowski et
     al. 2019), or "multires" (Yao et al. 2018, needles_tf/models/multires.py, with
     levels, saliency_stride, growth_rate and dense_layers; width scales its channels),

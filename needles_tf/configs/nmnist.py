@@ -1,7 +1,7 @@
 """nMNIST experiments (Pawlowski et al. 2019 §3): BagNet extractor, global pooling, binary task.
 
-    python -m needles_tf.train --config=configs/nmnist.py --config.model.pooling=lse_lba
-    python -m needles_tf.train --preset=cpu_quick        # or --config=configs/nmnist.py:cpu_quick
+    python -m needles_tf.train --config=nmnist --config.model.pooling=lse_lba
+    python -m needles_tf.train --preset=cpu_quick        # or --config=nmnist:cpu_quick
 
 Defaults are the paper's protocol (§3): RMSProp, learning rate 5e-5 divided by
 10 at epochs 80, 120 and 160, 200 epochs, effective batch 32, binary
@@ -9,6 +9,8 @@ cross-entropy, the checkpoint with the best validation accuracy kept.
 """
 
 import ml_collections
+
+from needles_tf.configs import apply_preset
 
 # Short schedules; each maps dotted config fields to values.
 PRESETS = {
@@ -64,18 +66,5 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     config.checkpoint_every_steps = 0  # 0: at the end of each epoch only
     config.overlay_images = 8  # validation images drawn with their saliency in TensorBoard
     if preset:
-        apply_preset(config, preset)
+        apply_preset(config, preset, PRESETS)
     return config
-
-
-def apply_preset(config: ml_collections.ConfigDict, preset: str, presets=None) -> None:
-    """Sets the fields of `presets[preset]` (default: this file's PRESETS)."""
-    presets = PRESETS if presets is None else presets
-    if preset not in presets:
-        raise ValueError(f"--preset={preset!r}: expected one of {sorted(presets)}.")
-    for path, value in presets[preset].items():
-        *parents, leaf = path.split(".")
-        node = config
-        for parent in parents:
-            node = node[parent]
-        node[leaf] = value

@@ -1,7 +1,7 @@
 """Yao et al. 2018: multi-resolution ResNet/DenseNet fusion, instance head, LSE-LBA, ChestX-ray14.
 
-    python -m needles_tf.train --config=configs/multires.py --tfds_manual_dir=CHESTXRAY14
-    python -m needles_tf.train --config=configs/multires.py --config.model.pooling_kwargs.r0=10
+    python -m needles_tf.train --config=multires --tfds_manual_dir=CHESTXRAY14
+    python -m needles_tf.train --config=multires --config.model.pooling_kwargs.r0=10
 
 §4.2: 512x512 inputs scaled to [0, 1], random zoom, translation and rotation,
 Adam at 1e-3 with weight decay 1e-5,
@@ -11,16 +11,9 @@ LSE-LBA at r0 = 5 (0, 5 and 10 in Table 3). On nMNIST (K = 1) for a comparison
 with BagNet: --dataset=nmnist/canvas_128 --config.model.num_classes=1.
 """
 
-import importlib.util
-import pathlib
-
 import ml_collections
 
-_spec = importlib.util.spec_from_file_location(
-    "nmnist_config", pathlib.Path(__file__).with_name("nmnist.py")
-)
-_nmnist = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_nmnist)
+from needles_tf.configs import apply_preset, nmnist
 
 PRESETS = {
     # A laptop CPU: fewer epochs, narrower; the architecture and recipe unchanged.
@@ -28,12 +21,8 @@ PRESETS = {
 }
 
 
-def apply_preset(config: ml_collections.ConfigDict, preset: str) -> None:
-    _nmnist.apply_preset(config, preset, PRESETS)
-
-
 def get_config(preset: str = "") -> ml_collections.ConfigDict:
-    config = _nmnist.get_config()
+    config = nmnist.get_config()
     config.dataset = "cxr14/size512"
     config.model = ml_collections.ConfigDict(
         {
@@ -64,5 +53,5 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     # of 1 ± 0.25), translated by up to ±50 pixels, rotated by up to ±25 degrees.
     config.augmentation = {"zoom": 0.25, "translate_pixels": 50.0, "rotate_degrees": 25.0}
     if preset:
-        apply_preset(config, preset)
+        apply_preset(config, preset, PRESETS)
     return config

@@ -1,0 +1,54 @@
+"""Experiment configs, one ml_collections module per family (big_vision style), installed.
+
+    python -m needles_tf.train                               # nmnist, the default
+    python -m needles_tf.train --config=multires             # a family by name
+    python -m needles_tf.train --config=multires:cpu_quick   # ... with a preset
+    python -m needles_tf.train --preset=cpu_quick            # the same as nmnist:cpu_quick
+    python -m needles_tf.train --config=path/to/mine.py      # your own file
+
+Each module has `get_config(preset="")` and `PRESETS`, a dict from preset name to
+{dotted field: value}. `--preset` is the config argument's `:preset`, so a
+preset is only ever applied by its family's get_config.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pathlib
+from collections.abc import Mapping
+from typing import Any
+
+import ml_collections
+
+# Family name -> its module in this package.
+CONFIGS = ("nmnist", "ncamelyon", "multires")
+DEFAULT = "nmnist"
+
+
+def config_path(name: str) -> pathlib.Path:
+    """The installed file of the family `name` (what --config=NAME resolves to)."""
+    if name not in CONFIGS:
+        raise ValueError(f"--config={name!r}: expected a .py file or one of {sorted(CONFIGS)}.")
+    return pathlib.Path(__file__).with_name(f"{name}.py")
+
+
+def check_preset(name: str, preset: str) -> None:
+    """Raises ValueError naming --preset unless the family `name` has `preset`."""
+    presets = importlib.import_module(f"{__name__}.{name}").PRESETS
+    if preset not in presets:
+        expected = f"one of {name}'s presets {sorted(presets)}"
+        raise ValueError(f"--preset={preset!r}: expected {expected}.")
+
+
+def apply_preset(
+    config: ml_collections.ConfigDict, preset: str, presets: Mapping[str, Mapping[str, Any]]
+) -> None:
+    """Sets each dotted field of `presets[preset]` in `config`."""
+    if preset not in presets:
+        raise ValueError(f"--preset={preset!r}: expected one of {sorted(presets)}.")
+    for path, value in presets[preset].items():
+        *parents, leaf = path.split(".")
+        node = config
+        for parent in parents:
+            node = node[parent]
+        node[leaf] = value
