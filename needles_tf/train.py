@@ -38,8 +38,10 @@ from needles_tf.models.backbone import BACKBONES
 from needles_tf.models.bagnet import THREE_BY_THREE_BLOCKS
 from needles_tf.models.factory import build_model
 from needles_tf.models.heads import HEADS
+from needles_tf.precise_bn import PreciseBatchNorm, batch_norm_layers
 from needles_tf.precision import POLICIES as PRECISIONS
 from needles_tf.precision import resolve_dtype_policy
+from needles_tf.sparse_backprop import SparseBackprop
 
 OPTIMIZERS = {
     "rmsprop": keras.optimizers.RMSprop,
@@ -47,6 +49,7 @@ OPTIMIZERS = {
     "adamw": keras.optimizers.AdamW,
     "sgd": lambda **kwargs: keras.optimizers.SGD(momentum=0.9, **kwargs),
 }
+BACKPROP = ("dense", "sparse")
 # Fields a resumed run may change; any other difference from config.json is an error.
 RESUMABLE_CHANGES = ("epochs", "strategy", "checkpoint_every_steps", "overlay_images")
 
@@ -87,6 +90,7 @@ FLAG_FIELDS = (
     "batch_size",
     "seed",
     "strategy",
+    "backprop",
 )
 flags.DEFINE_enum("pooling", None, sorted(POOLINGS), "model.pooling: global pooling.")
 flags.DEFINE_integer(
@@ -103,6 +107,7 @@ flags.DEFINE_integer("epochs", None, "epochs: training epochs.")
 flags.DEFINE_integer("batch_size", None, "batch_size: global batch of one step.")
 flags.DEFINE_integer("seed", None, "seed: of initialization and data order.")
 flags.DEFINE_enum("strategy", None, sorted(distribute.STRATEGIES), "strategy: tf.distribute.")
+flags.DEFINE_enum("backprop", None, BACKPROP, "backprop: sparse needs batch normalization.")
 
 
 def set_field(config: ml_collections.ConfigDict, path: str, value: Any) -> None:
@@ -207,6 +212,24 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         ),
         (config.epochs >= 1, "--epochs", config.epochs, "at least 1"),
         (
+            config.get("backprop", "dense") in BACKPROP,
+            "--backprop",
+            config.get("backprop"),
+            f"one of {BACKPROP}",
+        ),
+        (
+            config.get("sparse_top_k", 0) >= 0,
+            "--config.sparse_top_k",
+            config.get("sparse_top_k"),
+            "0 (every cell the gradient reaches) or a count of cells per image",
+        ),
+        (
+            config.get("precise_bn_images", 0) >= 0,
+            "--config.precise_bn_images",
+            config.get("precise_bn_images"),
+            "0 (moving averages) or a number of training images",
+        ),
+        (
             config.get("best_metric", "accuracy") in ("accuracy", "auc"),
             "--config.best_metric",
             config.get("best_metric"),
@@ -300,9 +323,16 @@ def default_model_dir(config: ml_collections.ConfigDict) -> pathlib.Path:
 
 
 def compile_for_training(inference: keras.Model, config, steps_per_epoch: int) -> keras.Model:
-    """A single-output view (logits) of the inference model, compiled; weights are shared."""
+    """A single-output view (logits) of the inference model, compiled; weights are shared.
+
+    With `backprop="sparse"`, a SparseBackprop view: the same logits, whose gradient
+    flows only through the grid cells the pooled value depends on.
+    """
     classes = config.model.num_classes
-    training = keras.Model(inference.input, inference.output["logits"], name="training")
+    if config.get("backprop", "dense") == "sparse":
+        training = SparseBackprop(inference, config.get("sparse_top_k", 0), name="training")
+    else:
+        training = keras.Model(inference.input, inference.output["logits"], name="training")
     training.compile(
         optimizer=make_optimizer(config, steps_per_epoch),
         loss=keras.losses.BinaryCrossentropy(from_logits=True),
@@ -352,11 +382,11 @@ def train(
 
     keras.utils.set_random_seed(config.seed)  # again: loading data may draw from `random`
     with strategy.scope():
-        try:
+        try:  # e.g. a pooling the head cannot use, sparse backprop of non-local cells
             inference = build_model(config.model)
-        except ValueError as error:  # e.g. a pooling the head cannot use
+            training = compile_for_training(inference, config, data.steps_per_epoch)
+        except ValueError as error:
             raise ConfigError(str(error)) from error
-        training = compile_for_training(inference, config, data.steps_per_epoch)
     distribute.build_for_fit(training, data.train, strategy)
 
     manager = CheckpointManager(model_dir / "checkpoints")
@@ -391,6 +421,9 @@ def train(
             keras.callbacks.TensorBoard(log_dir=str(model_dir / "tensorboard")),
             *extra_callbacks,
         ]
+        if config.get("precise_bn_images", 0) and batch_norm_layers(inference):
+            at_start = state["global_step"] == 0
+            callbacks.insert(0, PreciseBatchNorm(inference, data.statistics, at_start))
         if chief and config.overlay_images:
             callbacks.insert(1, _saliency_overlays(config, inference, model_dir, tfds_data_dir))
         if verbose == "auto":
@@ -445,8 +478,16 @@ def _datasets(config, data_dir: str | None, manual_dir: str | None) -> pipeline.
         pipeline.evaluation_batches(config.dataset, split, config.batch_size, data_dir, classes)
         for split in ("validation", "test")
     )
+    statistics = pipeline.first_images(
+        config.dataset, config.get("precise_bn_images", 0), config.batch_size, data_dir, classes
+    )
     return pipeline.Splits(
-        train_stream, validation, test, steps_per_epoch, pipeline.class_names(builder)
+        train_stream,
+        validation,
+        test,
+        steps_per_epoch,
+        pipeline.class_names(builder),
+        statistics,
     )
 
 

@@ -492,3 +492,37 @@ def test_resume_passes_over_a_truncated_checkpoint(uninterrupted, tfds_dir, tmp_
     assert "earlier intact checkpoint" in caplog.text and "ckpt-3" in caplog.text
     assert steps.steps == 2 * STEPS_PER_EPOCH - 3
     assert_same_checkpoint_weights(tmp_path, reference_dir, "ckpt-6")
+
+
+def batch_norm_config(**fields):
+    config = tiny_config(overlay_images=0, optimizer="adam", learning_rate=3e-3, **fields)
+    config.update(epochs=2, lr_decay_epochs=(), checkpoint_every_steps=0)
+    config.model.update(normalization="batch", head="embedding", pooling="max")
+    config.model.pooling_kwargs = {}
+    return config
+
+
+@pytest.mark.slow
+def test_precise_batch_norm_keeps_short_runs_from_validating_on_garbage(tfds_dir, tmp_path):
+    """Keras's moving averages (momentum 0.99) still describe the initial weights after a few
+    steps; statistics re-estimated on training images describe the data."""
+    losses = {}
+    for images in (0, 12):
+        config = batch_norm_config(precise_bn_images=images)
+        train_module.train(config, tmp_path / str(images), tfds_data_dir=tfds_dir, verbose=0)
+        history = (tmp_path / str(images) / "history.csv").read_text().splitlines()
+        column = history[0].split(",").index("val_loss")
+        losses[images] = [float(row.split(",")[column]) for row in history[1:]]
+    assert max(losses[12]) < 10.0, losses  # a loss of a classifier, not of garbage
+    assert min(losses[0]) > 5 * max(losses[12]), losses  # what it was without
+
+
+@pytest.mark.slow
+def test_sparse_backprop_trains_under_fit_and_exports(tfds_dir, tmp_path):
+    config = batch_norm_config(backprop="sparse", precise_bn_images=12)
+    metrics = train_module.train(config, tmp_path / "run", tfds_data_dir=tfds_dir, verbose=0)
+    assert metrics["epochs"] == 2 and np.isfinite(metrics["test"]["loss"])
+    assert (tmp_path / "run" / "saved_model" / "1" / "saved_model.pb").exists()
+    instance_norm = tiny_config(backprop="sparse")
+    with pytest.raises(train_module.ConfigError, match="--backprop=sparse"):
+        train_module.train(instance_norm, tmp_path / "refused", tfds_data_dir=tfds_dir)

@@ -64,6 +64,13 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     config.seed = 0
     config.strategy = "auto"  # needles_tf.distribute.STRATEGIES
     config.checkpoint_every_steps = 0  # 0: at the end of each epoch only
+    # dense: every cell back-propagated; sparse: only the cells the pooled value depends
+    # on, recomputed from their windows (needles_tf/sparse_backprop.py; batch norm only)
+    config.backprop = "dense"
+    config.sparse_top_k = 0  # cells per image in sparse steps; 0: all the gradient reaches
+    # training images whose batch statistics replace batch normalization's moving averages
+    # before each validation (needles_tf/precise_bn.py); 0: keep the moving averages
+    config.precise_bn_images = 256
     config.overlay_images = 8  # validation images drawn with their saliency in TensorBoard
     if preset:
         apply_preset(config, preset, PRESETS)

@@ -23,6 +23,7 @@ class Splits:
     test: tf.data.Dataset
     steps_per_epoch: int
     class_names: tuple[str, ...]
+    statistics: tf.data.Dataset  # training images for precise batch normalization
 
 
 def ensure_built(
@@ -108,6 +109,15 @@ def evaluation_batches(
     if _decoded_bytes(data, int(data.cardinality())) <= CACHE_BYTES:
         data = data.cache()
     return _shard_by_data(data.batch(batch_size).prefetch(tf.data.AUTOTUNE))
+
+
+def first_images(
+    name: str, count: int, batch_size: int, data_dir: str | None, num_classes: int
+) -> tf.data.Dataset:
+    """The first `count` training images in batches, decoded once, the same on every worker."""
+    data = load(name, "train", data_dir=data_dir).take(count)
+    data = data.map(lambda ex: to_example(ex, num_classes)[0], num_parallel_calls=tf.data.AUTOTUNE)
+    return data.batch(batch_size).cache()
 
 
 def _shard_by_data(data: tf.data.Dataset) -> tf.data.Dataset:

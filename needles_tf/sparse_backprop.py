@@ -1,0 +1,127 @@
+"""Sparse backpropagation through MIL pooling: large images trained at about inference's cost.
+
+With max pooling the loss reaches only the grid cells that hold the maximum
+(Pawlowski et al. 2019, "Needles in Haystacks", §2.2); every other cell's
+activations are stored and back-propagated for nothing. `SparseBackprop` wraps a
+NeedleClassifier for training so that a step
+
+1. runs the backbone over the whole image in inference mode, outside the gradient
+   (in graph mode its activations are freed as soon as they are used),
+2. selects the cells the pooled value depends on: those the gradient of the head
+   reaches (for max pooling, each channel's or class's argmax), or the `top_k` of
+   largest gradient per image (soft poolings),
+3. recomputes those cells' receptive-field windows, cropped from the input, with
+   gradients, and
+4. puts the recomputed cells into the grid as `grid + (cell - stop_gradient(cell))`,
+   which adds exactly zero to the forward value: the image's logits are the
+   whole-image ones; the gradient is exact for max pooling and the top-k truncation
+   of the exact one for soft poolings.
+
+Cells must depend on their window alone (`backbone.local_cells`: batch normalization
+at inference; not instance normalization nor the multires extractor). Batch
+normalization therefore runs on frozen statistics in sparse steps; `PreciseBatchNorm`
+re-estimates them from training images before each epoch and each validation.
+
+TensorFlow only: the number of cells per batch is known at run time alone.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+
+class SparseBackprop(keras.Model):
+    """Images -> logits of `classifier`; in training, gradients flow through selected windows."""
+
+    def __init__(self, classifier: keras.Model, top_k: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        if not classifier.local_cells:
+            raise ValueError(
+                "--backprop=sparse recomputes grid cells from their windows, so each cell must "
+                "depend on its window alone: use the bagnet extractor with "
+                "--config.model.normalization=batch (instance normalization and the multires "
+                "extractor couple every cell to the whole image)."
+            )
+        if top_k < 0:
+            raise ValueError(
+                f"--config.sparse_top_k={top_k}: expected 0 (every cell the "
+                "gradient reaches) or a positive count per image."
+            )
+        self.classifier = classifier
+        self.top_k = int(top_k)
+
+    def call(self, images, training=False):
+        if not training:
+            return self.classifier(images, training=False)["logits"]
+        return self.sparse_logits(images)
+
+    def sparse_logits(self, images):
+        backbone, head = self.classifier.backbone, self.classifier.head
+        x = self.classifier.preprocessor(images)
+        grid = tf.stop_gradient(backbone(x, training=False))
+        cells = tf.stop_gradient(self.selected_cells(grid))
+        windows = crop_windows(x, cells, backbone.receptive_field, backbone.stride)
+        recomputed = backbone(windows, training=False)[:, 0, 0, :]
+        delta = recomputed - tf.stop_gradient(recomputed)  # zero, with the cells' gradient
+        grid = grid + tf.scatter_nd(cells, delta, tf.shape(grid, out_type=tf.int32))
+        return head(grid, training=True)["logits"]
+
+    def selected_cells(self, grid) -> tf.Tensor:
+        """(N, 3) int32 [image, row, column] of the cells the loss can reach through the head."""
+        score = head_gradient_norm(self.classifier.head, grid)  # (B, h, w)
+        shape = tf.shape(score)
+        flat = tf.reshape(score, [shape[0], -1])
+        if self.top_k:
+            values, index = tf.math.top_k(flat, k=tf.minimum(self.top_k, tf.shape(flat)[1]))
+            image = tf.broadcast_to(tf.range(shape[0])[:, None], tf.shape(index))
+            keep = values > 0
+            image, index = image[keep], index[keep]
+        else:
+            where = tf.cast(tf.where(flat > 0), tf.int32)
+            image, index = where[:, 0], where[:, 1]
+        return tf.stack([image, index // shape[2], index % shape[2]], axis=1)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "classifier": keras.layers.serialize(self.classifier),
+            "top_k": self.top_k,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["classifier"] = keras.layers.deserialize(config["classifier"])
+        return cls(**config)
+
+
+def head_gradient_norm(head: keras.layers.Layer, grid) -> tf.Tensor:
+    """Σ_k |∂ logit_k / ∂ cell| over channels and classes: (B, h, w), zero where the head
+    does not look (for max pooling, everywhere but the maxima)."""
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(grid)
+        logits = head(grid, training=False)["logits"]
+        per_class = [tf.reduce_sum(logits[:, k]) for k in range(logits.shape[-1])]
+    score = tf.zeros(tf.shape(grid)[:3], grid.dtype)
+    for total in per_class:
+        score += tf.reduce_sum(tf.abs(tape.gradient(total, grid)), axis=-1)
+    del tape
+    return score
+
+
+def crop_windows(images, cells, receptive_field: int, stride: int) -> tf.Tensor:
+    """(N, RF, RF, C) windows of `images` (B, H, W, C) at the grid `cells` (N, 3)."""
+    offsets = tf.range(receptive_field)
+    rows = cells[:, 1:2] * stride + offsets  # (N, RF)
+    columns = cells[:, 2:3] * stride + offsets
+    count = tf.shape(cells)[0]
+    index = tf.stack(
+        [
+            tf.broadcast_to(cells[:, 0, None, None], [count, receptive_field, receptive_field]),
+            tf.broadcast_to(rows[:, :, None], [count, receptive_field, receptive_field]),
+            tf.broadcast_to(columns[:, None, :], [count, receptive_field, receptive_field]),
+        ],
+        axis=-1,
+    )
+    return tf.gather_nd(images, index)
