@@ -6,7 +6,8 @@ run validates on garbage; sparse backpropagation never updates them at all (its
 steps run the backbone in inference mode). "Precise BN" (Wu and Johnson 2021,
 "Rethinking 'Batch' in BatchNorm", §3) instead runs a few hundred training
 images through the model in training mode with the current weights and sets
-each layer's statistics to the average of the batch statistics.
+each layer's statistics to the average of the batch statistics. The callback
+compiles that pass with TensorFlow (the trainer's backend).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import keras
+import numpy as np
 
 
 def batch_norm_layers(model: keras.layers.Layer) -> list[keras.layers.BatchNormalization]:
@@ -27,27 +29,61 @@ def batch_norm_layers(model: keras.layers.Layer) -> list[keras.layers.BatchNorma
     return found
 
 
-def reestimate_statistics(model: keras.Model, batches: Iterable) -> int:
+def reestimate_statistics(model: keras.Model, batches: Iterable, forward=None) -> int:
     """Sets the moving statistics of `model`'s batch normalizations to the mean of their
     batch statistics over `batches` (of images); returns how many batches were used.
 
-    Each batch runs in training mode with momentum (t - 1) / t at batch t, so the
-    moving value after T batches is the plain average of the T batch values.
+    Each batch runs through `model` in training mode with momentum 0, after which each
+    layer's moving values are that batch's statistics; their means are assigned at the
+    end. `forward` (images -> anything), e.g. a compiled `model(images, training=True)`
+    traced while the momenta are 0, keeps large images from running eagerly, which
+    holds every layer's output at once.
     """
     layers = batch_norm_layers(model)
     if not layers:
         return 0
+    forward = forward or (lambda images: model(images, training=True))
     momenta = [layer.momentum for layer in layers]
+    means = [np.zeros(layer.moving_mean.shape, np.float64) for layer in layers]
+    variances = [np.zeros(layer.moving_variance.shape, np.float64) for layer in layers]
     used = 0
     try:
-        for used, images in enumerate(batches, 1):
-            for layer in layers:
-                layer.momentum = (used - 1) / used
-            model(images, training=True)
+        for layer in layers:
+            layer.momentum = 0.0
+        for images in batches:
+            forward(images)
+            used += 1
+            for i, layer in enumerate(layers):
+                means[i] += np.asarray(layer.moving_mean)
+                variances[i] += np.asarray(layer.moving_variance)
     finally:
         for layer, momentum in zip(layers, momenta, strict=True):
             layer.momentum = momentum
+    if used:
+        for layer, mean, variance in zip(layers, means, variances, strict=True):
+            layer.moving_mean.assign((mean / used).astype("float32"))
+            layer.moving_variance.assign((variance / used).astype("float32"))
     return used
+
+
+def compiled_forward(model: keras.Model):
+    """`model(images, training=True)` as one TensorFlow graph, traced with momenta 0."""
+    import tensorflow as tf
+
+    layers = batch_norm_layers(model)
+
+    @tf.function(reduce_retracing=True)
+    def forward(images):
+        momenta = [layer.momentum for layer in layers]
+        for layer in layers:  # read at trace time: baked into the graph
+            layer.momentum = 0.0
+        try:
+            model(images, training=True)
+        finally:
+            for layer, momentum in zip(layers, momenta, strict=True):
+                layer.momentum = momentum
+
+    return forward
 
 
 class PreciseBatchNorm(keras.callbacks.Callback):
@@ -58,10 +94,11 @@ class PreciseBatchNorm(keras.callbacks.Callback):
     def __init__(self, model: keras.Model, batches: Iterable, at_start: bool):
         super().__init__()
         self.target, self.batches, self.at_start = model, batches, at_start
+        self.forward = compiled_forward(model)
 
     def on_train_begin(self, logs=None):
         if self.at_start:
-            reestimate_statistics(self.target, self.batches)
+            reestimate_statistics(self.target, self.batches, self.forward)
 
     def on_test_begin(self, logs=None):
-        reestimate_statistics(self.target, self.batches)
+        reestimate_statistics(self.target, self.batches, self.forward)

@@ -17,11 +17,16 @@ def load_run(model_dir: pathlib.Path) -> tuple[keras.Model, ml_collections.Confi
     if not config_path.exists():
         raise FileNotFoundError(f"--model_dir={model_dir}: no config.json; is it a training run?")
     config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
-    best = sorted(model_dir.glob("best-epoch*.weights.h5"))
+    model = build_model(config.model)
+    model.load_weights(best_weights(model_dir))
+    return model, config
+
+
+def best_weights(model_dir: pathlib.Path, flag: str = "--model_dir") -> pathlib.Path:
+    """The run's best-epochNNNN.weights.h5 (the latest, should there be several)."""
+    best = sorted(pathlib.Path(model_dir).glob("best-epoch*.weights.h5"))
     if not best:
         raise FileNotFoundError(
-            f"--model_dir={model_dir}: no best-epochNNNN.weights.h5; train at least one epoch."
+            f"{flag}={model_dir}: no best-epochNNNN.weights.h5; train at least one epoch."
         )
-    model = build_model(config.model)
-    model.load_weights(best[-1])
-    return model, config
+    return best[-1]

@@ -5,8 +5,9 @@ With max pooling the loss reaches only the grid cells that hold the maximum
 activations are stored and back-propagated for nothing. `SparseBackprop` wraps a
 NeedleClassifier for training so that a step
 
-1. runs the backbone over the whole image in inference mode, outside the gradient
-   (in graph mode its activations are freed as soon as they are used),
+1. runs the backbone over the whole image in inference mode, outside the gradient,
+   tile by tile when the image is larger than `tile_size` (in graph mode each tile's
+   activations are freed once its grid is computed),
 2. selects the cells the pooled value depends on: those the gradient of the head
    reaches (for max pooling, each channel's or class's argmax), or the `top_k` of
    largest gradient per image (soft poolings),
@@ -30,11 +31,13 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from needles_tf.localization.tiling import axis_spans
+
 
 class SparseBackprop(keras.Model):
     """Images -> logits of `classifier`; in training, gradients flow through selected windows."""
 
-    def __init__(self, classifier: keras.Model, top_k: int = 0, **kwargs):
+    def __init__(self, classifier: keras.Model, top_k: int = 0, tile_size: int = 1024, **kwargs):
         super().__init__(**kwargs)
         if not classifier.local_cells:
             raise ValueError(
@@ -48,8 +51,14 @@ class SparseBackprop(keras.Model):
                 f"--config.sparse_top_k={top_k}: expected 0 (every cell the "
                 "gradient reaches) or a positive count per image."
             )
+        if tile_size < classifier.geometry[0]:
+            raise ValueError(
+                f"--config.sparse_tile_size={tile_size}: expected at least the receptive "
+                f"field, {classifier.geometry[0]} pixels."
+            )
         self.classifier = classifier
         self.top_k = int(top_k)
+        self.tile_size = int(tile_size)
 
     def call(self, images, training=False):
         if not training:
@@ -59,13 +68,40 @@ class SparseBackprop(keras.Model):
     def sparse_logits(self, images):
         backbone, head = self.classifier.backbone, self.classifier.head
         x = self.classifier.preprocessor(images)
-        grid = tf.stop_gradient(backbone(x, training=False))
+        grid = tf.stop_gradient(self.tiled_grid(x))
         cells = tf.stop_gradient(self.selected_cells(grid))
+        # One cell more, whose update is multiplied by zero: the convolutions never see
+        # an empty batch (a saturated head's gradient reaches no cell at all).
+        cells = tf.concat([cells, tf.zeros([1, 3], tf.int32)], axis=0)
+        weight = tf.concat([tf.ones([tf.shape(cells)[0] - 1, 1]), tf.zeros([1, 1])], axis=0)
         windows = crop_windows(x, cells, backbone.receptive_field, backbone.stride)
         recomputed = backbone(windows, training=False)[:, 0, 0, :]
-        delta = recomputed - tf.stop_gradient(recomputed)  # zero, with the cells' gradient
+        recomputed = tf.cast(recomputed, grid.dtype)
+        delta = (recomputed - tf.stop_gradient(recomputed)) * tf.cast(weight, grid.dtype)
+        # delta is exactly zero: the cells' values stay the whole image's, with their gradient
         grid = grid + tf.scatter_nd(cells, delta, tf.shape(grid, out_type=tf.int32))
         return head(grid, training=True)["logits"]
+
+    def tiled_grid(self, x) -> tf.Tensor:
+        """The backbone's grid of preprocessed images, in inference mode; images with a side
+        over `tile_size` go tile by tile, each tile after the last, so that memory holds one
+        tile's activations (tiles overlap by RF - stride: needles_tf.localization.tiling)."""
+        backbone = self.classifier.backbone
+        height, width = x.shape[1], x.shape[2]
+        if height is None or width is None or max(height, width) <= self.tile_size:
+            return backbone(x, training=False)
+        rows = axis_spans(height, self.tile_size, *backbone.geometry)
+        columns = axis_spans(width, self.tile_size, *backbone.geometry)
+        previous, grid_rows = [], []
+        for row in rows:
+            parts = []
+            for column in columns:
+                with tf.control_dependencies(previous):  # one tile at a time
+                    tile = tf.identity(x[:, row.start : row.stop, column.start : column.stop])
+                parts.append(backbone(tile, training=False))
+                previous = [parts[-1]]
+            grid_rows.append(tf.concat(parts, axis=2))
+        return tf.concat(grid_rows, axis=1)
 
     def selected_cells(self, grid) -> tf.Tensor:
         """(N, 3) int32 [image, row, column] of the cells the loss can reach through the head."""
@@ -87,6 +123,7 @@ class SparseBackprop(keras.Model):
             **super().get_config(),
             "classifier": keras.layers.serialize(self.classifier),
             "top_k": self.top_k,
+            "tile_size": self.tile_size,
         }
 
     @classmethod

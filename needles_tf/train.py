@@ -28,7 +28,7 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from needles_tf import configs, distribute, export
+from needles_tf import configs, distribute, export, runs
 from needles_tf.atomic import atomic_write_text
 from needles_tf.callbacks import NonFiniteLossError, RunState, SaliencyOverlays, new_run_state
 from needles_tf.checkpointing import CheckpointManager, writable_directory
@@ -91,6 +91,7 @@ FLAG_FIELDS = (
     "seed",
     "strategy",
     "backprop",
+    "init_from",
 )
 flags.DEFINE_enum("pooling", None, sorted(POOLINGS), "model.pooling: global pooling.")
 flags.DEFINE_integer(
@@ -108,6 +109,7 @@ flags.DEFINE_integer("batch_size", None, "batch_size: global batch of one step."
 flags.DEFINE_integer("seed", None, "seed: of initialization and data order.")
 flags.DEFINE_enum("strategy", None, sorted(distribute.STRATEGIES), "strategy: tf.distribute.")
 flags.DEFINE_enum("backprop", None, BACKPROP, "backprop: sparse needs batch normalization.")
+flags.DEFINE_string("init_from", None, "init_from: a run whose best weights start this one.")
 
 
 def set_field(config: ml_collections.ConfigDict, path: str, value: Any) -> None:
@@ -330,7 +332,12 @@ def compile_for_training(inference: keras.Model, config, steps_per_epoch: int) -
     """
     classes = config.model.num_classes
     if config.get("backprop", "dense") == "sparse":
-        training = SparseBackprop(inference, config.get("sparse_top_k", 0), name="training")
+        training = SparseBackprop(
+            inference,
+            config.get("sparse_top_k", 0),
+            config.get("sparse_tile_size", 1024),
+            name="training",
+        )
     else:
         training = keras.Model(inference.input, inference.output["logits"], name="training")
     training.compile(
@@ -402,6 +409,8 @@ def train(
             f"{state['global_step']} steps done.",
             flush=True,
         )
+    elif config.get("init_from"):
+        _initialize_from(inference, pathlib.Path(config.init_from))
     run_state = None
     if state["epoch"] < config.epochs:
         run_state = RunState(
@@ -448,6 +457,41 @@ def train(
     if chief:  # the export first: metrics.json marks a run as complete
         export.export_model(inference, config, model_dir, class_names=data.class_names)
         atomic_write_text(metrics_path, json.dumps(metrics, indent=2))
+    return metrics
+
+
+def _initialize_from(inference: keras.Model, run: pathlib.Path) -> None:
+    """Loads `run`'s best weights into `inference` (a fully convolutional model: any canvas)."""
+    try:
+        weights = runs.best_weights(run, "--init_from")
+        inference.load_weights(weights)
+    except FileNotFoundError as error:
+        raise ConfigError(str(error)) from error
+    except ValueError as error:  # another architecture
+        raise ConfigError(
+            f"--init_from={run}: its weights do not fit this model ({error})"
+        ) from error
+    print(f"Starting from {weights}", flush=True)
+
+
+def train_curriculum(
+    config: ml_collections.ConfigDict, model_dir: str | pathlib.Path, **kwargs
+) -> dict[str, Any]:
+    """Each stage of `config.curriculum` ("DATASET:EPOCHS") as its own resumable run in
+    `model_dir/stageN-DATASET`, started from the previous stage's best weights (the first
+    from `config.init_from`, if set); returns the last stage's metrics."""
+    previous, metrics = config.get("init_from", ""), {}
+    for index, stage in enumerate(config.curriculum):
+        dataset, _, epochs = str(stage).rpartition(":")
+        if not dataset or not epochs.isdigit() or int(epochs) < 1:
+            raise ConfigError(f"--config.curriculum: {stage!r} is not DATASET:EPOCHS.")
+        stage_config = ml_collections.ConfigDict(config.to_dict())
+        stage_config.update(dataset=dataset, epochs=int(epochs), init_from=previous)
+        stage_config.curriculum = ()
+        stage_dir = pathlib.Path(model_dir) / f"stage{index}-{dataset.replace('/', '_')}"
+        print(f"Stage {index + 1}/{len(config.curriculum)}: {dataset}, {epochs} epochs")
+        metrics = train(stage_config, stage_dir, **kwargs)
+        previous = str(stage_dir)
     return metrics
 
 
@@ -534,7 +578,8 @@ def main(argv: list[str]) -> None:
     model_dir = pathlib.Path(_MODEL_DIR.value or default_model_dir(config))
     print(f"Model directory: {model_dir}", flush=True)
     try:
-        metrics = train(
+        run = train_curriculum if config.get("curriculum") else train
+        metrics = run(
             config,
             model_dir,
             tfds_data_dir=_TFDS_DATA_DIR.value,

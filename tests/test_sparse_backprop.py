@@ -115,3 +115,16 @@ def test_precise_bn_sets_the_population_statistics():
         layer.moving_variance, np.mean([f.var(axis=0) for f in features], axis=0), rtol=1e-4
     )
     assert layer.momentum == 0.99  # restored
+
+
+def test_tiles_give_the_whole_images_grid_and_gradient():
+    model = batch_norm_model("embedding", "max")
+    whole, tiled = SparseBackprop(model), SparseBackprop(model, tile_size=33)
+    x = model.preprocessor(IMAGES)
+    np.testing.assert_allclose(tiled.tiled_grid(x), whole.tiled_grid(x), rtol=1e-5, atol=1e-5)
+    _, dense = gradients(model, whole.sparse_logits)
+    _, by_tiles = gradients(model, tiled.sparse_logits)
+    for d, t in zip(dense, by_tiles, strict=True):
+        np.testing.assert_allclose(t, d, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="sparse_tile_size=8: expected at least"):
+        SparseBackprop(model, tile_size=8)

@@ -496,7 +496,7 @@ def test_resume_passes_over_a_truncated_checkpoint(uninterrupted, tfds_dir, tmp_
 
 def batch_norm_config(**fields):
     config = tiny_config(overlay_images=0, optimizer="adam", learning_rate=3e-3, **fields)
-    config.update(epochs=2, lr_decay_epochs=(), checkpoint_every_steps=0)
+    config.update(epochs=1, lr_decay_epochs=(), checkpoint_every_steps=0)
     config.model.update(normalization="batch", head="embedding", pooling="max")
     config.model.pooling_kwargs = {}
     return config
@@ -521,8 +521,43 @@ def test_precise_batch_norm_keeps_short_runs_from_validating_on_garbage(tfds_dir
 def test_sparse_backprop_trains_under_fit_and_exports(tfds_dir, tmp_path):
     config = batch_norm_config(backprop="sparse", precise_bn_images=12)
     metrics = train_module.train(config, tmp_path / "run", tfds_data_dir=tfds_dir, verbose=0)
-    assert metrics["epochs"] == 2 and np.isfinite(metrics["test"]["loss"])
+    assert metrics["epochs"] == 1 and np.isfinite(metrics["test"]["loss"])
     assert (tmp_path / "run" / "saved_model" / "1" / "saved_model.pb").exists()
     instance_norm = tiny_config(backprop="sparse")
     with pytest.raises(train_module.ConfigError, match="--backprop=sparse"):
         train_module.train(instance_norm, tmp_path / "refused", tfds_data_dir=tfds_dir)
+
+
+class FirstWeights(keras.callbacks.Callback):
+    """Records the first kernel of the model as training begins."""
+
+    def on_train_begin(self, logs=None):
+        self.kernel = np.asarray(self.model.weights[0])
+
+
+@pytest.mark.slow
+def test_a_curriculum_starts_each_stage_from_the_last_and_resumes(
+    uninterrupted, tfds_dir, tmp_path
+):
+    """Stages of a curriculum are runs of their own: init_from chains them, reruns skip them."""
+    from needles_tf.runs import load_run
+
+    first_run, _ = uninterrupted
+    start = FirstWeights()
+    config = tiny_config(epochs=1, overlay_images=0, init_from=str(first_run))
+    config.curriculum = ("nmnist/canvas_64:1", "nmnist/canvas_64:1")
+    metrics = train_module.train_curriculum(
+        config, tmp_path, tfds_data_dir=tfds_dir, verbose=0, extra_callbacks=(start,)
+    )
+    stages = sorted(p.name for p in tmp_path.iterdir())
+    assert stages == ["stage0-nmnist_canvas_64", "stage1-nmnist_canvas_64"]
+    second = json.loads((tmp_path / stages[1] / "config.json").read_text())
+    assert second["init_from"] == str(tmp_path / stages[0]) and second["curriculum"] == []
+    stage0_best, _ = load_run(tmp_path / stages[0])
+    np.testing.assert_array_equal(start.kernel, np.asarray(stage0_best.weights[0]))
+    assert metrics == json.loads((tmp_path / stages[1] / "metrics.json").read_text())
+    again = train_module.train_curriculum(config, tmp_path, tfds_data_dir=tfds_dir, verbose=0)
+    assert again == metrics  # finished stages are not trained again
+    missing = tiny_config(init_from=str(tmp_path / "nothing"))
+    with pytest.raises(train_module.ConfigError, match=r"--init_from=.*no best-epoch"):
+        train_module.train(missing, tmp_path / "x", tfds_data_dir=tfds_dir)

@@ -62,12 +62,17 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     config.batch_size = 32  # global batch of one step, split across replicas
     config.effective_batch_size = 32  # gradients are accumulated up to this many images
     config.seed = 0
+    config.init_from = ""  # a run directory whose best weights start this run (any canvas)
+    # Stages "DATASET:EPOCHS", each a run in model_dir/stageN-DATASET started from the
+    # last one's best weights, e.g. ("nmnist/canvas_64:4", "nmnist/canvas_256:6")
+    config.curriculum = ()
     config.strategy = "auto"  # needles_tf.distribute.STRATEGIES
     config.checkpoint_every_steps = 0  # 0: at the end of each epoch only
     # dense: every cell back-propagated; sparse: only the cells the pooled value depends
     # on, recomputed from their windows (needles_tf/sparse_backprop.py; batch norm only)
     config.backprop = "dense"
     config.sparse_top_k = 0  # cells per image in sparse steps; 0: all the gradient reaches
+    config.sparse_tile_size = 1024  # sparse steps run the backbone tile by tile above this
     # training images whose batch statistics replace batch normalization's moving averages
     # before each validation (needles_tf/precise_bn.py); 0: keep the moving averages
     config.precise_bn_images = 256
