@@ -34,6 +34,7 @@ import tensorflow as tf
 from needles_tf.localization.tiling import axis_spans
 
 
+@keras.saving.register_keras_serializable(package="needles_tf")
 class SparseBackprop(keras.Model):
     """Images -> logits of `classifier`; in training, gradients flow through selected windows."""
 
