@@ -12,7 +12,8 @@ compiles that pass with TensorFlow (the trainer's backend).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Iterable, Iterator
 
 import keras
 import numpy as np
@@ -29,6 +30,19 @@ def batch_norm_layers(model: keras.layers.Layer) -> list[keras.layers.BatchNorma
     return found
 
 
+@contextlib.contextmanager
+def zero_momentum(layers: list[keras.layers.BatchNormalization]) -> Iterator[None]:
+    """Momentum 0 inside: a training-mode call sets the moving values to the batch's."""
+    momenta = [layer.momentum for layer in layers]
+    for layer in layers:
+        layer.momentum = 0.0
+    try:
+        yield
+    finally:
+        for layer, momentum in zip(layers, momenta, strict=True):
+            layer.momentum = momentum
+
+
 def reestimate_statistics(model: keras.Model, batches: Iterable, forward=None) -> int:
     """Sets the moving statistics of `model`'s batch normalizations to the mean of their
     batch statistics over `batches` (of images); returns how many batches were used.
@@ -43,22 +57,16 @@ def reestimate_statistics(model: keras.Model, batches: Iterable, forward=None) -
     if not layers:
         return 0
     forward = forward or (lambda images: model(images, training=True))
-    momenta = [layer.momentum for layer in layers]
     means = [np.zeros(layer.moving_mean.shape, np.float64) for layer in layers]
     variances = [np.zeros(layer.moving_variance.shape, np.float64) for layer in layers]
     used = 0
-    try:
-        for layer in layers:
-            layer.momentum = 0.0
+    with zero_momentum(layers):
         for images in batches:
             forward(images)
             used += 1
             for i, layer in enumerate(layers):
                 means[i] += np.asarray(layer.moving_mean)
                 variances[i] += np.asarray(layer.moving_variance)
-    finally:
-        for layer, momentum in zip(layers, momenta, strict=True):
-            layer.momentum = momentum
     if used:
         for layer, mean, variance in zip(layers, means, variances, strict=True):
             layer.moving_mean.assign((mean / used).astype("float32"))
@@ -74,14 +82,8 @@ def compiled_forward(model: keras.Model):
 
     @tf.function(reduce_retracing=True)
     def forward(images):
-        momenta = [layer.momentum for layer in layers]
-        for layer in layers:  # read at trace time: baked into the graph
-            layer.momentum = 0.0
-        try:
+        with zero_momentum(layers):  # read at trace time: baked into the graph
             model(images, training=True)
-        finally:
-            for layer, momentum in zip(layers, momenta, strict=True):
-                layer.momentum = momentum
 
     return forward
 

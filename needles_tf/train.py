@@ -112,13 +112,6 @@ flags.DEFINE_enum("backprop", None, BACKPROP, "backprop: sparse needs batch norm
 flags.DEFINE_string("init_from", None, "init_from: a run whose best weights start this one.")
 
 
-def set_field(config: ml_collections.ConfigDict, path: str, value: Any) -> None:
-    *parents, leaf = path.split(".")
-    for parent in parents:
-        config = config[parent]
-    config[leaf] = value
-
-
 def config_argv(argv: list[str]) -> list[str]:
     """argv with --config=NAME[:PRESET] as the installed file and --preset folded into it.
 
@@ -179,7 +172,7 @@ def resolved_config() -> ml_collections.ConfigDict:
         for path in FLAG_FIELDS:
             value = flags.FLAGS[path.rsplit(".", 1)[-1]].value
             if value is not None:
-                set_field(config, path, value)
+                configs.set_field(config, path, value)
     return config
 
 

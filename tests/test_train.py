@@ -268,7 +268,7 @@ def test_nan_loss_stops_with_a_clear_message(tmp_path):
 def test_bad_config_values_name_the_flag(fields, message):
     config = tiny_config()
     for path, value in fields.items():
-        train_module.set_field(config, path, value)
+        train_module.configs.set_field(config, path, value)
     with pytest.raises(train_module.ConfigError, match=message):
         train_module.validate_config(config)
 

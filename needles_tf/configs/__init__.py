@@ -47,8 +47,12 @@ def apply_preset(
     if preset not in presets:
         raise ValueError(f"--preset={preset!r}: expected one of {sorted(presets)}.")
     for path, value in presets[preset].items():
-        *parents, leaf = path.split(".")
-        node = config
-        for parent in parents:
-            node = node[parent]
-        node[leaf] = value
+        set_field(config, path, value)
+
+
+def set_field(config: ml_collections.ConfigDict, path: str, value: Any) -> None:
+    """Sets the dotted field `path` (e.g. "model.width") of `config`."""
+    *parents, leaf = path.split(".")
+    for parent in parents:
+        config = config[parent]
+    config[leaf] = value
