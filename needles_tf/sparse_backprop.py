@@ -20,8 +20,9 @@ NeedleClassifier for training so that a step
 
 Cells must depend on their window alone (`backbone.local_cells`: batch normalization
 at inference; not instance normalization nor the multires extractor). Batch
-normalization therefore runs on frozen statistics in sparse steps; `PreciseBatchNorm`
-re-estimates them from training images before each epoch and each validation.
+normalization therefore runs on frozen statistics in sparse steps: `PreciseBatchNorm`
+estimates them from training images before a run's first step, and they stay fixed for
+the whole run, in training and validation alike, as the weights learn to work with them.
 
 TensorFlow only: the number of cells per batch is known at run time alone.
 """
@@ -135,15 +136,24 @@ class SparseBackprop(keras.Model):
 
 
 def head_gradient_norm(head: keras.layers.Layer, grid) -> tf.Tensor:
-    """Σ_k |∂ logit_k / ∂ cell| over channels and classes: (B, h, w), zero where the head
-    does not look (for max pooling, everywhere but the maxima)."""
+    """Σ_k Σ_c |∂ logit_k / ∂ cell_c| over classes k and the channels c where the cell is not
+    exactly zero: (B, h, w), zero where the head does not look (for max pooling, everywhere
+    but the maxima).
+
+    Both backbones end in a ReLU, whose derivative at an output of zero is zero: a channel
+    that is zero everywhere in an image (common in a young network) ties every cell for
+    its maximum, and its gradient, split between them, stops at the ReLU. Dropping zeros
+    keeps such channels from selecting the whole grid, and removes nothing the dense
+    gradient has.
+    """
     with tf.GradientTape(persistent=True) as tape:
         tape.watch(grid)
         logits = head(grid, training=False)["logits"]
         per_class = [tf.reduce_sum(logits[:, k]) for k in range(logits.shape[-1])]
+    nonzero = tf.cast(tf.not_equal(grid, 0), grid.dtype)
     score = tf.zeros(tf.shape(grid)[:3], grid.dtype)
     for total in per_class:
-        score += tf.reduce_sum(tf.abs(tape.gradient(total, grid)), axis=-1)
+        score += tf.reduce_sum(tf.abs(tape.gradient(total, grid)) * nonzero, axis=-1)
     del tape
     return score
 

@@ -28,7 +28,7 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from needles_tf import configs, distribute, export, runs
+from needles_tf import configs, distribute, export, runs, schedules
 from needles_tf.atomic import atomic_write_text
 from needles_tf.callbacks import NonFiniteLossError, RunState, SaliencyOverlays, new_run_state
 from needles_tf.checkpointing import CheckpointManager, writable_directory
@@ -240,6 +240,18 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         ),
         (config.learning_rate > 0, "--config.learning_rate", config.learning_rate, "> 0"),
         (
+            config.get("lr_schedule", "step") in schedules.LR_SCHEDULES,
+            "--config.lr_schedule",
+            config.get("lr_schedule"),
+            f"one of {sorted(schedules.LR_SCHEDULES)}",
+        ),
+        (
+            0 <= config.get("warmup_epochs", 0.0) < config.epochs,
+            "--config.warmup_epochs",
+            config.get("warmup_epochs"),
+            f"at least 0 and fewer than --epochs={config.epochs}",
+        ),
+        (
             config.effective_batch_size % config.batch_size == 0,
             "--config.effective_batch_size",
             config.effective_batch_size,
@@ -267,18 +279,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 
 
 def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int):
-    """Optimizer with the step schedule of `lr_decay_epochs` and gradient accumulation."""
-    # The rate changes after `epoch` epochs: PiecewiseConstantDecay keeps a value while
-    # step <= boundary, and the optimizer counts steps (batches, not updates) from 0.
-    boundaries = [int(epoch) * steps_per_epoch - 1 for epoch in config.lr_decay_epochs]
-    learning_rate: Any = config.learning_rate
-    if boundaries:
-        values = [
-            config.learning_rate * config.lr_decay_factor**i for i in range(len(boundaries) + 1)
-        ]
-        learning_rate = keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
+    """Optimizer with the rate of `config.lr_schedule` and gradient accumulation."""
+    kwargs: dict[str, Any] = {"learning_rate": schedules.learning_rate(config, steps_per_epoch)}
     accumulation = config.effective_batch_size // config.batch_size
-    kwargs: dict[str, Any] = {"learning_rate": learning_rate}
     if accumulation > 1:
         kwargs["gradient_accumulation_steps"] = accumulation
     if config.weight_decay:
@@ -297,10 +300,13 @@ def check_resumable(config: ml_collections.ConfigDict, model_dir: pathlib.Path) 
         atomic_write_text(path, json.dumps(current, indent=2))
         return
     saved = json.loads(path.read_text())
+    resumable = set(RESUMABLE_CHANGES)
+    if current.get("lr_schedule") == "cosine":
+        resumable.discard("epochs")  # the cosine's length: more epochs would bend the rest
     changed = sorted(
         key
         for key in set(saved) | set(current)
-        if key not in RESUMABLE_CHANGES and saved.get(key) != current.get(key)
+        if key not in resumable and saved.get(key) != current.get(key)
     )
     if changed:
         raise ConfigError(
@@ -425,7 +431,8 @@ def train(
         ]
         if config.get("precise_bn_images", 0) and batch_norm_layers(inference):
             at_start = state["global_step"] == 0
-            callbacks.insert(0, PreciseBatchNorm(inference, data.statistics, at_start))
+            dense = config.get("backprop", "dense") == "dense"
+            callbacks.insert(0, PreciseBatchNorm(inference, data.statistics, at_start, dense))
         if chief and config.overlay_images:
             callbacks.insert(1, _saliency_overlays(config, inference, model_dir, tfds_data_dir))
         if verbose == "auto":

@@ -10,8 +10,9 @@ import tensorflow as tf
 from conftest import tiny_bagnet_config
 
 from needles_tf.models.factory import build_model
+from needles_tf.models.heads import EmbeddingPoolingHead
 from needles_tf.precise_bn import batch_norm_layers, reestimate_statistics
-from needles_tf.sparse_backprop import SparseBackprop, crop_windows
+from needles_tf.sparse_backprop import SparseBackprop, crop_windows, head_gradient_norm
 
 IMAGES = np.random.default_rng(0).integers(0, 256, (2, 81, 73, 1)).astype(np.float32)
 LABELS = np.array([[1.0], [0.0]], np.float32)
@@ -48,6 +49,16 @@ def test_windows_are_the_cells_receptive_fields():
     windows = crop_windows(images, tf.constant([[1, 0, 1], [0, 1, 0]]), 9, 8)
     np.testing.assert_array_equal(windows[0], images[1, 0:9, 8:17])
     np.testing.assert_array_equal(windows[1], images[0, 8:17, 0:9])
+
+
+def test_a_channel_dead_everywhere_selects_no_cell():
+    """A ReLU channel that is zero on the whole image ties every cell for its maximum; its
+    gradient stops at the ReLU, so it must not send every cell to be recomputed."""
+    grid = np.zeros((1, 5, 6, 2), np.float32)
+    grid[0, 3, 4, 1] = 2.0  # channel 1's maximum; channel 0 is dead
+    head = EmbeddingPoolingHead(1, "max")
+    score = np.asarray(head_gradient_norm(head, tf.constant(grid)))
+    assert np.count_nonzero(score) == 1 and score[0, 3, 4] > 0
 
 
 @pytest.mark.parametrize(("head", "pooling"), [("embedding", "max"), ("instance", "max")])

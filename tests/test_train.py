@@ -20,6 +20,7 @@ from needles_tf import train as train_module
 from needles_tf.callbacks import NonFiniteLossError, RunState, new_run_state
 from needles_tf.checkpointing import CheckpointManager
 from needles_tf.configs import nmnist
+from needles_tf.precise_bn import batch_norm_layers
 
 pytestmark = pytest.mark.slow  # trains, or runs workers in subprocesses
 
@@ -263,6 +264,8 @@ def test_nan_loss_stops_with_a_clear_message(tmp_path):
         ({"positive_fraction": 1.5}, r"--positive_fraction=1.5"),
         ({"model.receptive_field": 17}, r"--receptive_field=17: expected one of"),
         ({"best_metric": "loss"}, r"--config.best_metric=.loss.: expected .accuracy. or .auc."),
+        ({"lr_schedule": "linear"}, r"--config.lr_schedule='linear': expected one of \['cosine'"),
+        ({"warmup_epochs": 2.0}, r"--config.warmup_epochs=2.0: expected .* fewer than --epochs=2"),
     ],
 )
 def test_bad_config_values_name_the_flag(fields, message):
@@ -517,11 +520,32 @@ def test_precise_batch_norm_keeps_short_runs_from_validating_on_garbage(tfds_dir
     assert min(losses[0]) > 5 * max(losses[12]), losses  # what it was without
 
 
+class BatchNormStatistics(keras.callbacks.Callback):
+    """Records the first batch-normalization mean at the first step and at validation."""
+
+    at_first_step = at_validation = None
+
+    def mean(self) -> np.ndarray:
+        return np.array(batch_norm_layers(self.model)[0].moving_mean)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.at_first_step is None:
+            self.at_first_step = self.mean()
+
+    def on_test_begin(self, logs=None):
+        self.at_validation = self.mean()
+
+
 @pytest.mark.slow
 def test_sparse_backprop_trains_under_fit_and_exports(tfds_dir, tmp_path):
     config = batch_norm_config(backprop="sparse", precise_bn_images=12)
-    metrics = train_module.train(config, tmp_path / "run", tfds_data_dir=tfds_dir, verbose=0)
+    recorder = BatchNormStatistics()
+    metrics = train_module.train(
+        config, tmp_path / "run", tfds_data_dir=tfds_dir, verbose=0, extra_callbacks=(recorder,)
+    )
     assert metrics["epochs"] == 1 and np.isfinite(metrics["test"]["loss"])
+    # Sparse steps train on the statistics estimated at the start: validation keeps them.
+    np.testing.assert_array_equal(recorder.at_validation, recorder.at_first_step)
     assert (tmp_path / "run" / "saved_model" / "1" / "saved_model.pb").exists()
     instance_norm = tiny_config(backprop="sparse")
     with pytest.raises(train_module.ConfigError, match="--backprop=sparse"):
