@@ -12,6 +12,13 @@ import ml_collections
 
 from needles_tf.configs import apply_preset
 
+# The s = 1/4 batch-norm BagNet that the canvas recipes train, stage after stage.
+CPU_CANVAS_MODEL = {
+    "model.width": 0.25,
+    "model.normalization": "batch",
+    "model.zero_init_residual": True,
+}
+
 # Short schedules; each maps dotted config fields to values.
 PRESETS = {
     # A laptop CPU, about 25 minutes on 2 cores for canvas_64. The paper's protocol sits
@@ -32,9 +39,7 @@ PRESETS = {
     # 7 epochs. Adam between 3e-3 and 1e-2 learns alike; 1e-3, a cosine and SGD learn slower
     # (2-epoch probes in the notes of the large-image training issue).
     "cpu_canvas64": {
-        "model.width": 0.25,
-        "model.normalization": "batch",
-        "model.zero_init_residual": True,
+        **CPU_CANVAS_MODEL,
         "optimizer": "adam",
         "learning_rate": 4e-3,
         "lr_decay_epochs": (5, 6),
@@ -47,9 +52,7 @@ PRESETS = {
     #   python -m needles_tf.train --preset=cpu_canvas256 --init_from=RUN64
     "cpu_canvas256": {
         "dataset": "nmnist/canvas_256",
-        "model.width": 0.25,
-        "model.normalization": "batch",
-        "model.zero_init_residual": True,
+        **CPU_CANVAS_MODEL,
         "model.head": "instance",
         "backprop": "sparse",
         "optimizer": "adam",
