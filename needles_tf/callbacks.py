@@ -90,11 +90,13 @@ class RunState(keras.callbacks.Callback):
             raise NonFiniteLossError(
                 f"The training loss became {float(loss)} at epoch {self.state['epoch'] + 1}, "
                 f"step {self.state['global_step'] + 1}. The last checkpoint in "
-                f"{self.manager.directory} is intact; lower --config.learning_rate or use "
-                "--dtype_policy=float32 and rerun to resume from it."
+                f"{self.manager.directory} is intact (finite weights)."
             )
         self.state["global_step"] += 1
-        if self.every_steps and self.state["global_step"] % self.every_steps == 0:
+        step = self.state["global_step"]
+        # Not at an epoch's last step: the epoch's end saves once validation is done. A
+        # checkpoint there would resume into an epoch with no steps left, and validate never.
+        if self.every_steps and step % self.every_steps == 0 and step % self.steps_per_epoch:
             self._save()
 
     def on_epoch_end(self, epoch, logs=None):
@@ -120,8 +122,17 @@ class RunState(keras.callbacks.Callback):
                 (self.model_dir / previous).unlink(missing_ok=True)
 
     def _save(self):
-        if self.is_chief:
-            self.manager.save(self.model, self.state)
+        """Checkpoints the chief's model, unless a weight overflowed (then stops: the last
+        checkpoint stays the newest)."""
+        if not self.is_chief:
+            return
+        if not all(np.isfinite(keras.ops.convert_to_numpy(w)).all() for w in self.model.weights):
+            raise NonFiniteLossError(
+                f"A weight became infinite or NaN by epoch {self.state['epoch'] + 1}, step "
+                f"{self.state['global_step']}. The last checkpoint in {self.manager.directory} "
+                "is intact (finite weights)."
+            )
+        self.manager.save(self.model, self.state)
 
 
 def history_csv(history: list[dict[str, Any]]) -> str:

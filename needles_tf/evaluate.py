@@ -158,7 +158,8 @@ def _write_metrics(model_dir: pathlib.Path, results: dict[str, Any]) -> pathlib.
     """Writes DIR/eval/metrics.json atomically; returns DIR/eval."""
     out = model_dir / "eval"
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "metrics.json", json.dumps(results, indent=2))
+    text = json.dumps(metrics.strict_json_metrics(results), indent=2, allow_nan=False)
+    atomic_write_text(out / "metrics.json", text)
     return out
 
 

@@ -8,6 +8,8 @@ stores them, and an all-zero box means "no needle".
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from skimage import measure
 from sklearn import metrics as sk_metrics
@@ -166,3 +168,30 @@ def pointing_game(
         x0, x1 = max(x - tolerance, 0), x + tolerance + 1
         hits.append(bool(truth[y0:y1, x0:x1].any()))
     return float(np.mean(hits)) if hits else float("nan")
+
+
+UNDEFINED_REASON = (
+    "undefined on these examples: one class only (AUC), or no image with a needle "
+    "(localization metrics)"
+)
+
+
+def strict_json_metrics(results: dict[str, Any]) -> dict[str, Any]:
+    """`results` with every NaN or infinity as None (strict JSON has neither), and an
+    `undefined` entry naming each such metric by its dotted path, with the reason."""
+    undefined: dict[str, str] = {}
+
+    def clean(value: Any, path: str) -> Any:
+        if isinstance(value, dict):
+            return {k: clean(v, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [clean(v, f"{path}.{i}") for i, v in enumerate(value)]
+        if isinstance(value, float | np.floating) and not np.isfinite(value):
+            undefined[path] = UNDEFINED_REASON
+            return None
+        return value
+
+    cleaned = clean(results, "")
+    if undefined:
+        cleaned["undefined"] = undefined
+    return cleaned

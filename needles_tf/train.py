@@ -18,6 +18,7 @@ metrics are reported.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pathlib
 import sys
@@ -25,6 +26,7 @@ from typing import Any
 
 import keras
 import ml_collections
+import tensorflow as tf
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -34,6 +36,7 @@ from needles_tf.callbacks import NonFiniteLossError, RunState, SaliencyOverlays,
 from needles_tf.checkpointing import CheckpointManager, writable_directory
 from needles_tf.data import pipeline, targets
 from needles_tf.layers.pooling import POOLINGS
+from needles_tf.metrics import strict_json_metrics
 from needles_tf.models.backbone import BACKBONES
 from needles_tf.models.bagnet import THREE_BY_THREE_BLOCKS
 from needles_tf.models.factory import build_model
@@ -41,6 +44,7 @@ from needles_tf.models.heads import HEADS
 from needles_tf.precise_bn import PreciseBatchNorm, batch_norm_layers
 from needles_tf.precision import POLICIES as PRECISIONS
 from needles_tf.precision import resolve_dtype_policy
+from needles_tf.run_lock import RunLockedError, run_lock
 from needles_tf.sparse_backprop import SparseBackprop
 
 OPTIMIZERS = {
@@ -51,7 +55,13 @@ OPTIMIZERS = {
 }
 BACKPROP = ("dense", "sparse")
 # Fields a resumed run may change; any other difference from config.json is an error.
-RESUMABLE_CHANGES = ("epochs", "strategy", "checkpoint_every_steps", "overlay_images")
+RESUMABLE_CHANGES = (
+    "epochs",
+    "strategy",
+    "checkpoint_every_steps",
+    "overlay_images",
+    "learning_rate",  # to go on at a lower rate, e.g. after a NaN loss
+)
 
 # The command line as parse_flags rewrote it: config_flags finds the --config.FIELD
 # overrides here rather than in sys.argv, which still has --preset and family names.
@@ -238,6 +248,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             config.positive_fraction,
             "a fraction in [0, 1]",
         ),
+        (
+            config.train_size > 0 or config.positive_fraction == 0.5,
+            "--positive_fraction",
+            config.positive_fraction,
+            "0.5 unless --train_size is set: it is the share of positives in that subset",
+        ),
         (config.learning_rate > 0, "--config.learning_rate", config.learning_rate, "> 0"),
         (
             config.get("lr_schedule", "step") in schedules.LR_SCHEDULES,
@@ -252,7 +268,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             f"at least 0 and fewer than --epochs={config.epochs}",
         ),
         (
-            config.effective_batch_size % config.batch_size == 0,
+            config.batch_size >= 1 and config.effective_batch_size % config.batch_size == 0,
             "--config.effective_batch_size",
             config.effective_batch_size,
             f"a multiple of --batch_size={config.batch_size}",
@@ -293,11 +309,10 @@ def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int):
 
 
 def check_resumable(config: ml_collections.ConfigDict, model_dir: pathlib.Path) -> None:
-    """Writes config.json on the first run; later runs must match it (bar RESUMABLE_CHANGES)."""
+    """A run in `model_dir` (its config.json) must have `config`, bar RESUMABLE_CHANGES."""
     path = model_dir / "config.json"
     current = json.loads(config.to_json_best_effort())
     if not path.exists():
-        atomic_write_text(path, json.dumps(current, indent=2))
         return
     saved = json.loads(path.read_text())
     resumable = set(RESUMABLE_CHANGES)
@@ -313,8 +328,14 @@ def check_resumable(config: ml_collections.ConfigDict, model_dir: pathlib.Path) 
             f"--model_dir={model_dir} holds a run with a different config (fields {changed} "
             f"differ from {path}). Use a new --model_dir, or the same settings to resume."
         )
-    if current != saved:
-        atomic_write_text(path, json.dumps(current, indent=2))
+
+
+def write_config(config: ml_collections.ConfigDict, model_dir: pathlib.Path) -> None:
+    """config.json, written as training starts: a start that fails earlier leaves none."""
+    path = model_dir / "config.json"
+    text = json.dumps(json.loads(config.to_json_best_effort()), indent=2)
+    if not path.exists() or path.read_text() != text:
+        atomic_write_text(path, text)
 
 
 def default_model_dir(config: ml_collections.ConfigDict) -> pathlib.Path:
@@ -364,7 +385,10 @@ def train(
     extra_callbacks: tuple[keras.callbacks.Callback, ...] = (),
     verbose: int | str = "auto",
 ) -> dict[str, Any]:
-    """Trains (or resumes, or finds finished) the run in `model_dir`; returns metrics.json."""
+    """Trains (or resumes, or finds finished) the run in `model_dir`; returns metrics.json.
+
+    The chief holds `model_dir`'s lock (needles_tf.run_lock) throughout: a second run
+    there stops at once with a ConfigError naming the holder."""
     validate_config(config)
     try:
         model_dir = writable_directory(model_dir)
@@ -373,10 +397,36 @@ def train(
     strategy = distribute.make_strategy(config.strategy)
     chief = distribute.is_chief(strategy)
     distribute.replica_batch_size(strategy, config.batch_size)
+    try:
+        with run_lock(model_dir) if chief else contextlib.nullcontext():
+            return _train_locked(
+                config,
+                model_dir,
+                strategy,
+                chief,
+                tfds_data_dir=tfds_data_dir,
+                tfds_manual_dir=tfds_manual_dir,
+                extra_callbacks=extra_callbacks,
+                verbose=verbose,
+            )
+    except RunLockedError as error:
+        raise ConfigError(str(error)) from error
+
+
+def _train_locked(
+    config: ml_collections.ConfigDict,
+    model_dir: pathlib.Path,
+    strategy: tf.distribute.Strategy,
+    chief: bool,
+    *,
+    tfds_data_dir: str | None,
+    tfds_manual_dir: str | None,
+    extra_callbacks: tuple[keras.callbacks.Callback, ...],
+    verbose: int | str,
+) -> dict[str, Any]:
     keras.utils.set_random_seed(config.seed)  # tf.data's seeded shuffles depend on it too
     data = _datasets(config, tfds_data_dir, tfds_manual_dir)
 
-    model_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = model_dir / "metrics.json"
     # Decided before training, so that every worker takes the same branch below.
     evaluated = (
@@ -403,6 +453,9 @@ def train(
         raise ConfigError(f"--model_dir={model_dir}: {error}") from error
     if restored is not None:
         checkpoint, state = restored
+        rate = schedules.learning_rate(config, data.steps_per_epoch)
+        if not callable(rate):  # a constant rate is an optimizer variable: the checkpoint's
+            training.optimizer.learning_rate = rate  # --config.learning_rate may have changed
         print(
             f"Resuming from {checkpoint}: {state['epoch']} epochs and "
             f"{state['global_step']} steps done.",
@@ -410,6 +463,8 @@ def train(
         )
     elif config.get("init_from"):
         _initialize_from(inference, pathlib.Path(config.init_from))
+    if chief:
+        write_config(config, model_dir)
     run_state = None
     if state["epoch"] < config.epochs:
         run_state = RunState(
@@ -456,7 +511,8 @@ def train(
     }
     if chief:  # the export first: metrics.json marks a run as complete
         export.export_model(inference, config, model_dir, class_names=data.class_names)
-        atomic_write_text(metrics_path, json.dumps(metrics, indent=2))
+        text = json.dumps(strict_json_metrics(metrics), indent=2, allow_nan=False)
+        atomic_write_text(metrics_path, text)
     return metrics
 
 
@@ -546,6 +602,11 @@ def _fit(training, data: pipeline.Splits, state, epochs: int, callbacks, verbose
     """model.fit from the saved position: the rest of a broken epoch first, then whole epochs."""
     common = dict(validation_data=data.validation, callbacks=callbacks, verbose=verbose)
     done_in_epoch = state["global_step"] - state["epoch"] * data.steps_per_epoch
+    if done_in_epoch >= data.steps_per_epoch:  # only checkpoints of versions before 0.2
+        raise ConfigError(
+            f"The newest checkpoint ends epoch {state['epoch'] + 1} without its validation; "
+            "delete it to resume from the one before."
+        )
     if done_in_epoch:
         training.fit(
             data.train.skip(state["global_step"]),
@@ -588,7 +649,10 @@ def main(argv: list[str]) -> None:
     except ConfigError as error:
         raise app.UsageError(str(error)) from error
     except NonFiniteLossError as error:
-        sys.exit(f"Stopped: {error}")
+        sys.exit(
+            f"Stopped: {error} To resume from it at a tenth of the rate, rerun the same "
+            f"command with --config.learning_rate={config.learning_rate / 10:g}."
+        )
     print(json.dumps(metrics, indent=2))
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -78,3 +80,21 @@ def test_pointing_game_by_hand():
     maps = [peak(0, 0, 1.0), peak(3, 3, 1.0), peak(2, 2, 1.0), peak(3, 3, 1.0)]
     assert metrics.pointing_game(maps, [BOX, BOX, BOX, NONE]) == pytest.approx(1 / 3)
     assert metrics.pointing_game(maps, [BOX, BOX, BOX, NONE], tolerance=1) == pytest.approx(2 / 3)
+
+
+def test_undefined_metrics_are_null_with_a_reason_in_strict_json():
+    """One test image: its AUC is undefined; metrics.json must stay strict JSON."""
+    results = {
+        "accuracy": 1.0,
+        "auc": metrics.roc_auc(np.array([[1.0]]), np.array([[0.9]])),
+        "cam": {"pointing_game": np.float32("nan"), "per_threshold": [0.5, float("inf")]},
+    }
+    cleaned = metrics.strict_json_metrics(results)
+    text = json.dumps(cleaned, allow_nan=False)  # raises on NaN or infinity
+    assert json.loads(text)["auc"] == {"class_0": None, "mean": None}
+    assert cleaned["accuracy"] == 1.0 and cleaned["cam"]["per_threshold"] == [0.5, None]
+    assert sorted(cleaned["undefined"]) == [
+        "auc.class_0", "auc.mean", "cam.per_threshold.1", "cam.pointing_game",
+    ]  # fmt: skip
+    assert "one class only" in cleaned["undefined"]["auc.mean"]
+    assert "undefined" not in metrics.strict_json_metrics({"accuracy": 0.5})

@@ -138,6 +138,36 @@ def test_noisy_or_does_not_underflow_with_many_small_probabilities():
     assert float(pool("noisy_or", p)[0, 0]) == pytest.approx(expected, rel=1e-3)
 
 
+def noisy_or_logit_reference(logits: np.ndarray) -> np.ndarray:
+    """log(p / (1 - p)) of 1 - Π (1 - sigmoid(z)), in float64."""
+    log_none = -np.logaddexp(0.0, logits.astype(np.float64)).sum(axis=(1, 2))
+    return np.log(-np.expm1(log_none)) - log_none
+
+
+@pytest.mark.parametrize("cells", [3, 64])
+def test_noisy_or_image_logit_stays_trainable_on_a_large_grid(cells):
+    """4096 instances of probability 0.005 make the pooled probability 1 in float32; the
+    logit in log space keeps its value and a gradient (3 of 4 seeds stopped learning)."""
+    logits = np.full((2, cells, cells, 1), np.log(0.005 / 0.995), np.float32)
+    logits[1, 0, 0, 0] = 4.0  # one confident instance
+    z = tf.constant(logits)
+    layer = pooling_lib.get_pooling("noisy_or")
+    with tf.GradientTape() as tape:
+        tape.watch(z)
+        image_logit = layer.image_logit(z)
+    gradient = tape.gradient(image_logit, z).numpy()
+    np.testing.assert_allclose(image_logit.numpy(), noisy_or_logit_reference(logits), rtol=1e-5)
+    assert np.all(np.isfinite(gradient)) and np.all(gradient > 0)
+    probability = np.asarray(pool("noisy_or", 1 / (1 + np.exp(-logits))))
+    np.testing.assert_allclose(1 / (1 + np.exp(-image_logit.numpy())), probability, atol=1e-6)
+    with tf.GradientTape() as tape:  # the old route: probability, clipped, to a logit
+        tape.watch(z)
+        clipped = tf.clip_by_value(layer(tf.sigmoid(z)), 1e-7, 1 - 1e-7)
+        old_logit = tf.math.log(clipped) - tf.math.log1p(-clipped)
+    old_gradient = tape.gradient(old_logit, z).numpy()
+    assert (np.abs(old_gradient).max() == 0.0) == (cells == 64)  # what the change is for
+
+
 def test_poolings_compute_in_float32_under_mixed_precision():
     x = keras.ops.cast(RNG.uniform(0, 1, (1, 4, 4, 1)), "bfloat16")
     assert keras.ops.convert_to_numpy(pooling_lib.get_pooling("lse_lba")(x)).dtype == np.float32

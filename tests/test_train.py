@@ -21,6 +21,7 @@ from needles_tf.callbacks import NonFiniteLossError, RunState, new_run_state
 from needles_tf.checkpointing import CheckpointManager
 from needles_tf.configs import nmnist
 from needles_tf.precise_bn import batch_norm_layers
+from needles_tf.run_lock import LOCK_FILE
 
 pytestmark = pytest.mark.slow  # trains, or runs workers in subprocesses
 
@@ -144,20 +145,72 @@ def test_crash_then_rerun_resumes_to_the_same_weights(uninterrupted, tfds_dir, t
     assert metrics["best_epoch"] == reference_metrics["best_epoch"]
 
     # A finished run rerun: nothing trains, nothing is rewritten.
-    stamps = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
+    def stamps():  # of the run's records (the lock file names each run that holds it)
+        return {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.name != LOCK_FILE}
+
+    before = stamps()
     steps = CountSteps()
     again = train_module.train(
         config, tmp_path, tfds_data_dir=tfds_dir, extra_callbacks=(steps,), verbose=0
     )
     assert again == metrics and steps.steps == 0
-    assert stamps == {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
+    assert before == stamps()
+
+
+class CrashInValidation(keras.callbacks.Callback):
+    """Raises KeyboardInterrupt in the first validation batch (a kill -9 lands there too)."""
+
+    def on_test_batch_end(self, batch, logs=None):
+        raise KeyboardInterrupt
+
+
+def test_a_kill_during_validation_resumes_and_finishes(tfds_dir, tmp_path):
+    """Checkpoints every step, killed while epoch 1 validates: the resumed run redoes the
+    epoch's last step and validation (it used to resume into an epoch of 0 steps, forever).
+    (Its weights are not yet those of the uninterrupted run: issue 22, item 3.)"""
+    config = tiny_config(overlay_images=0)
+    with pytest.raises(KeyboardInterrupt):
+        train_module.train(
+            config, tmp_path, tfds_data_dir=tfds_dir, extra_callbacks=(CrashInValidation(),)
+        )
+    assert CheckpointManager(tmp_path / "checkpoints").latest().name == "ckpt-2"
+    steps = CountSteps()
+    metrics = train_module.train(
+        config, tmp_path, tfds_data_dir=tfds_dir, extra_callbacks=(steps,), verbose=0
+    )
+    assert steps.steps == 2 * STEPS_PER_EPOCH - 2
+    assert metrics["epochs"] == 2 and len(metrics["validation"]) > 0
+
+
+class LearningRateAtStart(keras.callbacks.Callback):
+    def on_train_begin(self, logs=None):
+        self.rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+
+def test_a_failed_start_leaves_no_config_and_a_lower_rate_resumes(tfds_dir, tmp_path):
+    """config.json appears only as training starts, so a corrected command just runs; the
+    NaN advice (a tenth of the rate) resumes, at that rate."""
+    broken = tiny_config(overlay_images=0)
+    broken.model.update(head="embedding", pooling="noisy_or")  # the head refuses it
+    with pytest.raises(train_module.ConfigError, match="needs values in"):
+        train_module.train(broken, tmp_path, tfds_data_dir=tfds_dir, verbose=0)
+    assert not (tmp_path / "config.json").exists()
+    config = tiny_config(overlay_images=0, lr_decay_epochs=(), checkpoint_every_steps=0)
+    with pytest.raises(KeyboardInterrupt):
+        train_module.train(
+            config, tmp_path, tfds_data_dir=tfds_dir, extra_callbacks=(Crash(4),), verbose=0
+        )
+    start = LearningRateAtStart()
+    config.learning_rate /= 10
+    train_module.train(config, tmp_path, tfds_data_dir=tfds_dir, extra_callbacks=(start,))
+    assert start.rate == pytest.approx(config.learning_rate)
 
 
 def test_rerun_with_another_config_is_refused(uninterrupted, tfds_dir):
     model_dir, _ = uninterrupted
-    with pytest.raises(train_module.ConfigError, match=r"different config.*'learning_rate'"):
+    with pytest.raises(train_module.ConfigError, match=r"different config.*'optimizer'"):
         train_module.train(
-            tiny_config(learning_rate=0.5), model_dir, tfds_data_dir=tfds_dir, verbose=0
+            tiny_config(optimizer="adam"), model_dir, tfds_data_dir=tfds_dir, verbose=0
         )
 
 
@@ -241,6 +294,24 @@ def test_keras_file_loads_in_safe_mode_and_matches(uninterrupted):
     )
 
 
+def test_keras_file_loads_in_a_fresh_process_after_import_needles_tf(uninterrupted):
+    """README's load: `import needles_tf` registers every layer (it used to fail with
+    "Could not locate class 'ImagePreprocessing'")."""
+    model_dir, _ = uninterrupted
+    script = (
+        "import sys, keras, numpy as np, needles_tf\n"
+        "model = keras.saving.load_model(sys.argv[1])\n"
+        "print(model.predict_on_batch(np.zeros((1, 64, 64, 1), np.uint8))['probability'].shape)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(model_dir / "model.keras")],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "(1, 1)"
+
+
 def test_nan_loss_stops_with_a_clear_message(tmp_path):
     state = new_run_state()
     callback = RunState(state, CheckpointManager(tmp_path), tmp_path, None, STEPS_PER_EPOCH)
@@ -248,6 +319,19 @@ def test_nan_loss_stops_with_a_clear_message(tmp_path):
     with pytest.raises(NonFiniteLossError, match=r"became nan at epoch 1, step 2.*intact"):
         callback.on_train_batch_end(1, {"loss": float("nan")})
     assert state["global_step"] == 1
+
+
+def test_weights_that_overflowed_are_never_checkpointed(tmp_path):
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    manager = CheckpointManager(tmp_path)
+    callback = RunState(new_run_state(), manager, tmp_path, model, STEPS_PER_EPOCH, every_steps=1)
+    callback.set_model(model)
+    callback.on_train_batch_end(0, {"loss": 0.7})
+    assert [p.name for p in manager.checkpoints()] == ["ckpt-1"]
+    model.layers[0].kernel.assign([[np.inf], [1.0]])
+    with pytest.raises(NonFiniteLossError, match=r"A weight became infinite or NaN.*intact"):
+        callback.on_train_batch_end(1, {"loss": 0.6})
+    assert [p.name for p in manager.checkpoints()] == ["ckpt-1"]
 
 
 @pytest.mark.parametrize(
@@ -262,6 +346,8 @@ def test_nan_loss_stops_with_a_clear_message(tmp_path):
             r"effective_batch_size=6: expected a multiple of --batch_size=4",
         ),
         ({"positive_fraction": 1.5}, r"--positive_fraction=1.5"),
+        ({"positive_fraction": 0.3}, r"--positive_fraction=0.3: expected 0.5 unless --train_size"),
+        ({"batch_size": 0}, r"--batch_size=0: expected at least 1"),
         ({"model.receptive_field": 17}, r"--receptive_field=17: expected one of"),
         ({"best_metric": "loss"}, r"--config.best_metric=.loss.: expected .accuracy. or .auc."),
         ({"lr_schedule": "linear"}, r"--config.lr_schedule='linear': expected one of \['cosine'"),

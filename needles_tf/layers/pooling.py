@@ -51,6 +51,9 @@ class GlobalPooling(keras.layers.Layer):
     preserves_probability = True
     # Only defined for inputs in [0, 1], so it cannot pool embeddings.
     needs_probabilities = False
+    # Has `image_logit`: the instance head's image logit straight from instance logits,
+    # for poolings whose probability rounds to 1 in float32 on large grids.
+    pools_logits = False
 
     def __init__(self, *, return_weights: bool = False, **kwargs):
         kwargs.setdefault("dtype", "float32")
@@ -64,6 +67,10 @@ class GlobalPooling(keras.layers.Layer):
 
     def pool(self, x):
         raise NotImplementedError
+
+    def image_logit(self, logits):
+        """(B, H, W, C) instance logits -> (B, C) logit of the pooled probability."""
+        raise NotImplementedError(f"{self.pooling_name!r} pools probabilities only.")
 
     def compute_output_shape(self, input_shape):
         pooled = (input_shape[0], input_shape[-1])
@@ -194,9 +201,17 @@ class GeneralizedMeanPooling(GlobalPooling):
 
 @register_pooling("noisy_or")
 class NoisyOrPooling(GlobalPooling):
-    """1 - Π (1 - x) over probabilities x (Yao et al. 2018 §3.4), as -expm1(Σ log1p(-x))."""
+    """1 - Π (1 - x) over probabilities x (Yao et al. 2018 §3.4), as -expm1(Σ log1p(-x)).
+
+    On a large grid that probability is 1 in float32 (4096 cells of 0.005 give
+    1 - 1e-9), and its gradient vanishes. The instance head therefore takes the
+    image logit from the instance logits z, in log space throughout:
+    S = Σ log(1 - sigmoid(z)) = -Σ softplus(z), logit = log(-expm1(S)) - S,
+    whose derivative in S tends to -1, not 0, as S falls.
+    """
 
     needs_probabilities = True
+    pools_logits = True
 
     def __init__(self, epsilon: float = 1e-7, **kwargs):
         super().__init__(**kwargs)
@@ -205,6 +220,12 @@ class NoisyOrPooling(GlobalPooling):
     def pool(self, x):
         x = ops.clip(x, 0.0, 1.0 - self.epsilon)
         return -ops.expm1(ops.sum(ops.log1p(-x), axis=(1, 2)))
+
+    def image_logit(self, logits):
+        log_none = -ops.sum(ops.softplus(ops.cast(logits, "float32")), axis=(1, 2))
+        # S = 0 (every softplus underflowed) would give log(0): keep S below -1e-30.
+        log_none = ops.minimum(log_none, -1e-30)
+        return ops.log(-ops.expm1(log_none)) - log_none
 
     def get_config(self):
         return {**super().get_config(), "epsilon": self.epsilon}

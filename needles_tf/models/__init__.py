@@ -1,3 +1,4 @@
 """Networks: backbones (registered by name in `backbone.BACKBONES`), MIL heads, the factory."""
 
-from needles_tf.models import bagnet, multires  # noqa: F401  (each registers its backbone)
+# Each module registers its classes (backbones, heads, the classifier) with Keras.
+from needles_tf.models import bagnet, classifier, heads, multires  # noqa: F401

@@ -170,13 +170,15 @@ class InstancePoolingHead(MILHead):
         self.to_logit.build((input_shape[0], self.num_classes))
 
     def call(self, embedding):
-        saliency = ops.sigmoid(self.instance_classifier(ops.cast(embedding, "float32")))
-        probability, attention = self._pool(saliency)
-        outputs = {
-            "logits": self.to_logit(probability),
-            "probability": probability,
-            "saliency": saliency,
-        }
+        instance_logits = self.instance_classifier(ops.cast(embedding, "float32"))
+        saliency = ops.sigmoid(instance_logits)
+        if self.pooling.pools_logits:  # in log space: trainable on any grid
+            logits, attention = self.pooling.image_logit(instance_logits), None
+            probability = ops.sigmoid(logits)
+        else:
+            probability, attention = self._pool(saliency)
+            logits = self.to_logit(probability)
+        outputs = {"logits": logits, "probability": probability, "saliency": saliency}
         if attention is not None:
             outputs["attention"] = attention
         return outputs
