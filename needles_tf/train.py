@@ -19,6 +19,7 @@ metrics are reported.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import pathlib
 import sys
@@ -443,7 +444,7 @@ def _train_locked(
             training = compile_for_training(inference, config, data.steps_per_epoch)
         except ValueError as error:
             raise ConfigError(str(error)) from error
-    distribute.build_for_fit(training, data.train, strategy)
+    distribute.build_for_fit(training, data.train_from(0), strategy)
 
     manager = CheckpointManager(model_dir / "checkpoints")
     state = new_run_state()
@@ -563,7 +564,8 @@ def _datasets(config, data_dir: str | None, manual_dir: str | None) -> pipeline.
             f"--config.model.num_classes={config.model.num_classes}: {config.dataset} has "
             f"{classes} sigmoid output(s)."
         )
-    train_stream, steps_per_epoch = pipeline.training_stream(
+    stream = functools.partial(
+        pipeline.training_stream,
         config.dataset,
         config.train_size or None,
         config.positive_fraction,
@@ -574,6 +576,11 @@ def _datasets(config, data_dir: str | None, manual_dir: str | None) -> pipeline.
         classes,
         augmentation=config.augmentation.to_dict() if config.get("augmentation") else None,
     )
+    _, steps_per_epoch = stream()
+
+    def train_from(step: int) -> tf.data.Dataset:
+        return stream()[0].skip(step)
+
     validation, test = (
         pipeline.evaluation_batches(config.dataset, split, config.batch_size, data_dir, classes)
         for split in ("validation", "test")
@@ -582,7 +589,7 @@ def _datasets(config, data_dir: str | None, manual_dir: str | None) -> pipeline.
         config.dataset, config.get("precise_bn_images", 0), config.batch_size, data_dir, classes
     )
     return pipeline.Splits(
-        train_stream,
+        train_from,
         validation,
         test,
         steps_per_epoch,
@@ -609,7 +616,7 @@ def _fit(training, data: pipeline.Splits, state, epochs: int, callbacks, verbose
         )
     if done_in_epoch:
         training.fit(
-            data.train.skip(state["global_step"]),
+            data.train_from(state["global_step"]),
             steps_per_epoch=data.steps_per_epoch - done_in_epoch,
             initial_epoch=state["epoch"],
             epochs=state["epoch"] + 1,
@@ -618,7 +625,7 @@ def _fit(training, data: pipeline.Splits, state, epochs: int, callbacks, verbose
         )
     if state["epoch"] < epochs:
         training.fit(
-            data.train.skip(state["global_step"]),
+            data.train_from(state["global_step"]),
             steps_per_epoch=data.steps_per_epoch,
             initial_epoch=state["epoch"],
             epochs=epochs,
