@@ -30,6 +30,7 @@ from absl import app, flags, logging
 from needles_tf import metrics
 from needles_tf.atomic import atomic_path, atomic_write_text
 from needles_tf.checkpointing import writable_directory
+from needles_tf.cli import one_line_usage_errors
 from needles_tf.data import load, pipeline, targets
 from needles_tf.localization.methods import SaliencyMaps, SaliencyMethod, get_saliency_method
 from needles_tf.plots import saliency_overlay
@@ -366,4 +367,4 @@ if __name__ == "__main__":
     flags.DEFINE_list("tau", ["0.5"], "Binarization thresholds for IoBB accuracy.")
     flags.DEFINE_float("alpha", 0.5, "T(IoBB): the IoBB an image needs to count as localized.")
     flags.DEFINE_string("tfds_data_dir", None, "TFDS data directory.")
-    app.run(main)
+    app.run(one_line_usage_errors(main))

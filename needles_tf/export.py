@@ -29,6 +29,7 @@ from needles_tf import metadata as metadata_module
 from needles_tf import runs
 from needles_tf.atomic import atomic_path
 from needles_tf.checkpointing import usual_permissions, writable_directory
+from needles_tf.cli import one_line_usage_errors
 from needles_tf.data import pipeline
 from needles_tf.serving import serving_module
 
@@ -121,4 +122,4 @@ if __name__ == "__main__":
     flags.DEFINE_string("model_dir", None, "A training run's directory.")
     flags.DEFINE_integer("version", 1, "Version number of the SavedModel directory.")
     flags.DEFINE_string("tfds_data_dir", None, "Where the run's dataset is built (class names).")
-    app.run(main)
+    app.run(one_line_usage_errors(main))

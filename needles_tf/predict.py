@@ -34,9 +34,10 @@ import ml_collections
 import numpy as np
 import tifffile
 from absl import app, flags, logging
-from PIL import Image
+from PIL import Image, ImageOps
 
 from needles_tf.atomic import atomic_path
+from needles_tf.cli import one_line_usage_errors
 from needles_tf.localization.methods import served_grid
 from needles_tf.localization.tiling import tiled_grid
 from needles_tf.localization.upsample import saliency_to_input
@@ -124,6 +125,9 @@ def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> np.ndar
             try:
                 with Image.open(path) as image:
                     _check_size(path, image.width, image.height, max_pixels)
+                    # As the camera held it: a phone photo's pixels are stored sideways
+                    # with an EXIF Orientation tag that viewers apply.
+                    image = ImageOps.exif_transpose(image)
                     if image.mode in ("P", "PA", "RGBA", "CMYK", "YCbCr", "LAB", "HSV"):
                         image = image.convert("RGB")
                     elif image.mode == "LA":
@@ -327,4 +331,4 @@ if __name__ == "__main__":
     flags.DEFINE_integer(
         "max_pixels", MAX_PIXELS, "Refuse images whose header declares more pixels than this."
     )
-    app.run(main)
+    app.run(one_line_usage_errors(main))

@@ -35,6 +35,7 @@ from needles_tf import configs, distribute, export, runs, schedules
 from needles_tf.atomic import atomic_write_text
 from needles_tf.callbacks import NonFiniteLossError, RunState, SaliencyOverlays, new_run_state
 from needles_tf.checkpointing import CheckpointManager, writable_directory
+from needles_tf.cli import one_line_usage_errors
 from needles_tf.data import pipeline, targets
 from needles_tf.layers.pooling import POOLINGS
 from needles_tf.metrics import strict_json_metrics
@@ -664,4 +665,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    app.run(one_line_usage_errors(main), flags_parser=parse_flags)

@@ -144,6 +144,19 @@ def test_exported_models_tiled_match_keras_whole_image(exported, images, artefac
         np.testing.assert_allclose(result["saliency_unit"], whole["saliency"][0], atol=1e-6)
 
 
+def test_read_image_applies_the_exif_orientation(tmp_path):
+    """A phone photo stores its pixels sideways; Orientation 6 says: turn 90 degrees clockwise."""
+    pixels = np.zeros((20, 40), np.uint8)
+    pixels[:, :10] = 255  # a bright left edge, seen as the top edge once turned
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation
+    Image.fromarray(pixels).save(tmp_path / "photo.png", exif=exif)
+    upright = predict.read_image(tmp_path / "photo.png")[..., 0]
+    assert upright.shape == (40, 20)
+    np.testing.assert_array_equal(upright, np.rot90(pixels, k=-1).astype(np.float32))
+    assert upright[:10].min() == 255 and upright[10:].max() == 0
+
+
 def test_maximum_saliency_names_the_peak_window():
     grid = np.zeros((4, 5, 1), np.float32)
     grid[2, 3, 0] = 7.0

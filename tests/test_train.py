@@ -393,6 +393,12 @@ def test_command_line_rejects_bad_flags_at_once(tmp_path):
     result = run_cli("--preset=gpu_huge", f"--model_dir={tmp_path}")
     assert result.returncode != 0 and "--preset='gpu_huge': expected one of" in result.stderr
     assert not any(tmp_path.iterdir())
+    # One line, not absl's docstring and 500 lines of flag help.
+    result = run_cli("--dataset=nonexistent", f"--model_dir={tmp_path / 'run'}")
+    assert result.returncode == 2, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("Error: --dataset='nonexistent': no such TFDS dataset"), last
+    assert "Train a needles_tf model" not in result.stderr + result.stdout
 
 
 def test_preset_then_config_overrides_then_flags():

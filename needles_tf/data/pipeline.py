@@ -39,12 +39,20 @@ def ensure_built(
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError as error:
-        raise ValueError(f"--dataset={name!r}: no such TFDS dataset ({error}).") from error
+        reason = str(error).strip().splitlines()[0]  # TFDS goes on for lines
+        raise ValueError(f"--dataset={name!r}: no such TFDS dataset ({reason}).") from error
     if not builder.is_prepared():
         print(f"{name} is not built in {builder.data_dir}; building it with TFDS now.", flush=True)
-        builder.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(manual_dir=manual_dir)
-        )
+        try:
+            builder.download_and_prepare(
+                download_config=tfds.download.DownloadConfig(manual_dir=manual_dir)
+            )
+        except Exception as error:  # the builders' own errors name the tfds command's flags
+            first = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+            raise ValueError(
+                f"--dataset={name!r}: building it failed ({first}). Offline, pass the source "
+                f"files with --tfds_manual_dir=DIR (the `tfds build` command's --manual_dir)."
+            ) from error
     return builder
 
 
