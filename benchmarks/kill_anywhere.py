@@ -6,9 +6,11 @@ Trains a short run (real nMNIST canvas_64, a 128-image subset, a tiny float32 Ba
 a checkpoint every 2 steps) once without interruption, then once more in another
 directory, sending SIGKILL at `--kills` moments drawn uniformly over the reference
 run's wall time (start-up, training, validation, checkpoint writes, test and export
-alike) and restarting the same command after each. Prints the kills survived (the
-killed run finishes with metrics.json), how many restarts resumed from a checkpoint,
-the wall time lost, and the largest difference between the two runs' final weights.
+alike) and restarting the same command after each; when a run finishes before its next
+kill, it is compared with the uninterrupted one and the next kill goes to a new run.
+Prints the kills survived (every killed run finishes with metrics.json), how many
+restarts resumed from a checkpoint, the wall time lost, and the largest difference
+between a killed run's final weights and the uninterrupted run's.
 """
 
 from __future__ import annotations
@@ -84,61 +86,72 @@ def final_weights(model_dir: pathlib.Path) -> list[np.ndarray]:
     return arrays
 
 
+def attempt(model_dir: pathlib.Path, delay: float) -> tuple[bool, float, str]:
+    """Runs the command for `delay` seconds, then SIGKILL; (killed?, seconds, output)."""
+    start = time.perf_counter()
+    process = subprocess.Popen(
+        command(model_dir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        output, _ = process.communicate(timeout=delay)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGKILL)
+        output, _ = process.communicate()
+        return True, time.perf_counter() - start, output
+    if process.returncode != 0:
+        sys.exit(f"The run in {model_dir} failed after a kill:\n{output[-3000:]}")
+    return False, time.perf_counter() - start, output
+
+
 def main(argv):
     del argv
     workdir = pathlib.Path(_WORKDIR.value or tempfile.mkdtemp(prefix="kill_anywhere-"))
-    reference_dir, killed_dir = workdir / "uninterrupted", workdir / "killed"
+    reference_dir = workdir / "uninterrupted"
     print(f"Runs in {workdir}", flush=True)
-    run_to_end(reference_dir)  # builds the dataset if needed, outside the timing below
-    reference_dir.rename(workdir / "warm-up")
+    run_to_end(workdir / "warm-up")  # builds the dataset if needed, outside the timing
     reference_seconds, _ = run_to_end(reference_dir)
+    reference_weights = final_weights(reference_dir)
+    reference = json.loads((reference_dir / "metrics.json").read_text())
     print(f"Uninterrupted run: {reference_seconds:.1f} s", flush=True)
 
+    # Kills at moments drawn over the whole run; a run that finishes before its next kill
+    # is compared with the uninterrupted one, and the next kill goes to a new run.
     rng = np.random.default_rng(_SEED.value)
-    spent, restarts_from = 0.0, []
-    for kill in range(_KILLS.value):
-        delay = float(rng.uniform(0.0, reference_seconds))
-        start = time.perf_counter()
-        process = subprocess.Popen(
-            command(killed_dir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    kills, resumes, lost, differences, accuracies = 0, 0, 0.0, [], []
+    round_dir, spent = None, 0.0
+    while kills < _KILLS.value or round_dir is not None:
+        if round_dir is None:
+            round_dir, spent = workdir / f"killed-{len(differences) + 1}", 0.0
+        if kills < _KILLS.value:
+            killed, seconds, output = attempt(round_dir, float(rng.uniform(0, reference_seconds)))
+        else:  # all kills sent: let the last run finish
+            killed, (seconds, output) = False, run_to_end(round_dir)
+        spent += seconds
+        resumes += bool(RESUMED.search(output))
+        if killed:
+            kills += 1
+            print(f"kill {kills:2d}/{_KILLS.value} after {seconds:5.1f} s", flush=True)
+            continue
+        metrics = json.loads((round_dir / "metrics.json").read_text())
+        difference = max(
+            float(np.max(np.abs(a - b)))
+            for a, b in zip(final_weights(round_dir), reference_weights, strict=True)
         )
-        try:
-            output, _ = process.communicate(timeout=delay)
-            finished = True  # it ended before the kill
-        except subprocess.TimeoutExpired:
-            process.send_signal(signal.SIGKILL)
-            output, _ = process.communicate()
-            finished = False
-        spent += time.perf_counter() - start
-        if match := RESUMED.search(output):
-            restarts_from.append(int(match.group(1)))
-        print(
-            f"kill {kill + 1:2d}/{_KILLS.value} at {delay:6.1f} s: "
-            f"{'finished first' if finished else 'killed'}",
-            flush=True,
-        )
-        if finished and process.returncode != 0:
-            sys.exit(f"The run failed after a kill:\n{output[-3000:]}")
-    last_seconds, output = run_to_end(killed_dir)
-    spent += last_seconds
-    if match := RESUMED.search(output):
-        restarts_from.append(int(match.group(1)))
+        differences.append(difference)
+        accuracies.append(metrics["test"]["accuracy"])
+        lost += spent - reference_seconds
+        print(f"{round_dir.name} finished: weights {difference:.3g} from uninterrupted", flush=True)
+        round_dir = None
 
-    metrics = json.loads((killed_dir / "metrics.json").read_text())
-    reference = json.loads((reference_dir / "metrics.json").read_text())
-    difference = max(
-        float(np.max(np.abs(a - b)))
-        for a, b in zip(final_weights(killed_dir), final_weights(reference_dir), strict=True)
-    )
     print(
-        f"\nkills: {_KILLS.value}, all survived (metrics.json written, "
-        f"{metrics['epochs']} epochs)\n"
-        f"resumes from a checkpoint: {len(restarts_from)}\n"
-        f"wall time: {spent:.1f} s in all, {spent - reference_seconds:.1f} s lost "
-        f"({reference_seconds:.1f} s uninterrupted)\n"
-        f"largest difference from the uninterrupted run's final weights: {difference:.3g}\n"
-        f"test accuracy: {metrics['test']['accuracy']:.4f} "
-        f"(uninterrupted {reference['test']['accuracy']:.4f})"
+        f"\nkills: {kills}, all survived: {len(differences)} killed runs finished "
+        f"(metrics.json written)\n"
+        f"restarts that resumed from a checkpoint: {resumes}\n"
+        f"wall time lost to the kills: {lost:.1f} s in all, {lost / kills:.1f} s per kill "
+        f"(uninterrupted run {reference_seconds:.1f} s)\n"
+        f"largest difference from the uninterrupted run's final weights: {max(differences):.3g}\n"
+        f"test accuracy: {sorted(set(accuracies))} (uninterrupted "
+        f"{reference['test']['accuracy']:.4f})"
     )
 
 

@@ -31,6 +31,7 @@ from needles_tf.atomic import atomic_path
 from needles_tf.checkpointing import usual_permissions, writable_directory
 from needles_tf.cli import one_line_usage_errors
 from needles_tf.data import pipeline
+from needles_tf.models.factory import float32_model
 from needles_tf.serving import serving_module
 
 SAVED_MODEL = "saved_model"
@@ -60,7 +61,10 @@ def export_model(
     version: int = 1,
     class_names: Sequence[str] | None = None,
 ) -> pathlib.Path:
-    """Writes `model_dir/saved_model/<version>/` and `model_dir/model.keras`; returns the former."""
+    """Writes `model_dir/saved_model/<version>/` and `model_dir/model.keras`; returns the former.
+
+    Both compute in float32 (models.factory.float32_model), so they agree."""
+    model = float32_model(model, config.model)
     metadata = json.dumps(metadata_module.model_metadata(model, config, class_names), indent=2)
     model_dir = pathlib.Path(model_dir)
     base = model_dir / SAVED_MODEL

@@ -8,16 +8,17 @@ import pathlib
 import keras
 import ml_collections
 
-from needles_tf.models.factory import build_model
+from needles_tf.models.factory import build_model, float32_config
 
 
 def load_run(model_dir: pathlib.Path) -> tuple[keras.Model, ml_collections.ConfigDict]:
-    """The model of a training run with its best weights, and its config."""
+    """The model of a training run with its best weights, computing in float32 whatever the
+    training precision (as the export does), and its config."""
     config_path = model_dir / "config.json"
     if not config_path.exists():
         raise FileNotFoundError(f"--model_dir={model_dir}: no config.json; is it a training run?")
     config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
-    model = build_model(config.model)
+    model = build_model(float32_config(config.model))
     model.load_weights(best_weights(model_dir))
     return model, config
 

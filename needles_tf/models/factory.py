@@ -15,9 +15,16 @@
   dtype_policy: Keras dtype policy of the backbone, e.g. "float32" or
     "mixed_bfloat16" (heads and pooling always compute in float32); "auto"
     takes bf16 only where it is measured faster (needles_tf/precision.py).
+
+What a run ships and is evaluated as (`float32_model`) computes in float32 whatever
+the training precision: in bf16 the same weights gave different probabilities under
+a static batch size (Keras predict: the fused instance-norm kernel) and a dynamic one
+(the SavedModel), e.g. 0.0026 and 0.0237 for one image.
 """
 
 from __future__ import annotations
+
+import ml_collections
 
 from needles_tf.models.backbone import get_backbone_class
 from needles_tf.models.classifier import ImagePreprocessing, NeedleClassifier
@@ -44,3 +51,24 @@ def build_model(config) -> NeedleClassifier:
         ImagePreprocessing(config.input_channels, dtype=dtype, name="preprocessing"),
         name=f"{config.extractor}_{config.head}_{config.pooling}",
     )
+
+
+def float32_model(model: NeedleClassifier, config) -> NeedleClassifier:
+    """`model` itself if it computes in float32, else a float32 copy with its weights
+    (mixed-precision weights are float32 already, so the copy is exact)."""
+    if compute_dtypes(model) == {"float32"}:
+        return model
+    copy = build_model(float32_config(config))
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def float32_config(config) -> ml_collections.ConfigDict:
+    """The model `config` with `dtype_policy` float32."""
+    return ml_collections.ConfigDict({**config.to_dict(), "dtype_policy": "float32"})
+
+
+def compute_dtypes(model: NeedleClassifier) -> set[str]:
+    """The compute dtypes of the model's preprocessing and backbone layers."""
+    layers = [model.preprocessor, *model.backbone.layers]
+    return {layer.dtype_policy.compute_dtype for layer in layers}
