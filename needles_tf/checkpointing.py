@@ -18,6 +18,7 @@ import tempfile
 from typing import Any
 
 import keras
+import numpy as np
 from absl import logging
 
 from needles_tf.atomic import atomic_path, atomic_write_text
@@ -60,6 +61,20 @@ def atomic_save_weights(model: keras.Model, path: pathlib.Path) -> None:
         model.save_weights(temporary)
 
 
+class CheckpointError(OSError):
+    """A checkpoint could not be written; the earlier ones are untouched."""
+
+
+def checkpoint_bytes(model: keras.Model) -> int:
+    """Room a checkpoint of `model` needs: its and its optimizer's variables, plus 10%
+    and 1 MB for HDF5's own records."""
+    variables = list(model.weights)
+    if model.optimizer is not None:
+        variables += list(model.optimizer.variables)
+    raw = sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in variables)
+    return int(raw * 1.1) + 2**20
+
+
 class CheckpointManager:
     """Saves and restores training checkpoints in `directory`, keeping the newest `keep`."""
 
@@ -84,15 +99,43 @@ class CheckpointManager:
         return checkpoints[-1] if checkpoints else None
 
     def save(self, model: keras.Model, state: dict[str, Any]) -> pathlib.Path:
-        """Writes checkpoint `ckpt-<state["global_step"]>` and prunes old ones."""
+        """Writes checkpoint `ckpt-<state["global_step"]>` and prunes old ones.
+
+        Raises CheckpointError, and leaves the checkpoints as they were, when the disk
+        has too little room for it (checked first: HDF5 has crashed the process on a
+        full disk) or the write fails (a read-only or deleted directory).
+        """
         final = self.directory / f"ckpt-{int(state['global_step'])}"
-        temporary = pathlib.Path(tempfile.mkdtemp(prefix=".tmp-ckpt-", dir=self.directory))
-        usual_permissions(temporary)
-        model.save_weights(temporary / WEIGHTS)
-        atomic_write_text(temporary / STATE, json.dumps(state, indent=1))
-        if final.exists():  # the same step saved again (e.g. step and epoch end coincide)
-            shutil.rmtree(final)
-        os.rename(temporary, final)
+        try:
+            intact = self.latest()
+        except OSError:  # the directory is gone
+            intact = None
+        kept = f"the last checkpoint ({intact}) is intact" if intact else "no checkpoint yet"
+        needed = checkpoint_bytes(model)
+        try:
+            free = shutil.disk_usage(self.directory).free
+            if free < needed:
+                raise CheckpointError(
+                    f"{self.directory}: {free / 1e6:.1f} MB free, a checkpoint needs about "
+                    f"{needed / 1e6:.1f} MB; {kept}. Free some space and rerun to resume."
+                )
+            temporary = pathlib.Path(tempfile.mkdtemp(prefix=".tmp-ckpt-", dir=self.directory))
+            try:
+                usual_permissions(temporary)
+                model.save_weights(temporary / WEIGHTS)
+                atomic_write_text(temporary / STATE, json.dumps(state, indent=1))
+                if final.exists():  # the same step saved again
+                    shutil.rmtree(final)
+                os.rename(temporary, final)
+            finally:
+                shutil.rmtree(temporary, ignore_errors=True)  # gone after the rename
+        except CheckpointError:
+            raise
+        except OSError as error:
+            raise CheckpointError(
+                f"{self.directory}: writing {final.name} failed "
+                f"({error.strerror or error}); {kept}."
+            ) from error
         for old in self.checkpoints()[: -self.keep]:
             shutil.rmtree(old, ignore_errors=True)
         return final

@@ -656,6 +656,8 @@ def main(argv: list[str]) -> None:
         )
     except ConfigError as error:
         raise app.UsageError(str(error)) from error
+    except OSError as error:  # a full disk, a read-only or deleted directory: one line
+        sys.exit(f"Stopped: {error}")
     except NonFiniteLossError as error:
         sys.exit(
             f"Stopped: {error} To resume from it at a tenth of the rate, rerun the same "

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 import keras
 import numpy as np
 import pytest
 
 from needles_tf.atomic import atomic_write_text
-from needles_tf.checkpointing import CheckpointManager
+from needles_tf.checkpointing import CheckpointError, CheckpointManager, checkpoint_bytes
 
 
 def small_model() -> keras.Model:
@@ -46,11 +47,34 @@ def test_a_failed_save_leaves_no_checkpoint(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(model, "save_weights", crash)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(CheckpointError, match=r"writing ckpt-7 failed \(disk full\); no check"):
         manager.save(model, {"global_step": 7})
     assert manager.latest() is None
-    assert CheckpointManager(tmp_path).checkpoints() == []  # the next start cleans up
-    assert not any(tmp_path.iterdir())
+    assert not any(tmp_path.iterdir())  # no temporary left either
+
+
+def test_too_little_room_stops_before_writing_and_names_the_intact_checkpoint(
+    tmp_path, monkeypatch
+):
+    """HDF5 crashed the process on a full disk: the room a checkpoint needs is checked first."""
+    model = small_model()
+    model.fit(np.ones((4, 3)), np.zeros((4, 2)), verbose=0)  # the optimizer's variables too
+    manager = CheckpointManager(tmp_path)
+    first = manager.save(model, {"global_step": 1})
+    size = (first / "model.weights.h5").stat().st_size
+    assert size < checkpoint_bytes(model) < size + 2**21
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=1000))
+    with pytest.raises(CheckpointError, match=rf"0.0 MB free.*\({first}\) is intact.*rerun"):
+        manager.save(model, {"global_step": 2})
+    assert manager.checkpoints() == [first] and sorted(tmp_path.iterdir()) == [first]
+
+
+def test_a_deleted_directory_is_named(tmp_path):
+    manager = CheckpointManager(tmp_path / "checkpoints")
+    shutil.rmtree(tmp_path / "checkpoints")
+    with pytest.raises(CheckpointError, match=r"checkpoints: writing ckpt-3 failed \(No such"):
+        manager.save(small_model(), {"global_step": 3})
 
 
 def test_corrupt_checkpoint_is_named(tmp_path):
