@@ -69,7 +69,7 @@ def checkpoint_bytes(model: keras.Model) -> int:
     """Room a checkpoint of `model` needs: its and its optimizer's variables, plus 10%
     and 1 MB for HDF5's own records."""
     variables = list(model.weights)
-    if model.optimizer is not None:
+    if getattr(model, "optimizer", None) is not None:  # absent before compile()
         variables += list(model.optimizer.variables)
     raw = sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in variables)
     return int(raw * 1.1) + 2**20

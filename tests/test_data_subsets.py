@@ -79,3 +79,22 @@ def test_load_refuses_more_than_the_split_holds(nmnist_64):
             positive_fraction=0.9,
             data_dir=nmnist_64.data_dir_root,
         )
+
+
+def test_an_offline_build_fails_at_once_naming_the_train_flag(tmp_path, monkeypatch):
+    """Offline, TFDS retried each MNIST download for minutes, then named `tfds build`'s flag."""
+    import socket
+
+    import tfds_builders.nmnist.nmnist_dataset_builder  # noqa: F401  (registers nmnist)
+    from needles_tf.data import pipeline
+
+    asked = []
+
+    def unreachable(address, timeout=None):
+        asked.append(address)
+        raise OSError("Network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    with pytest.raises(ValueError, match=r"storage.googleapis.com, which .* --tfds_manual_dir=DIR"):
+        pipeline.ensure_built("nmnist/canvas_64", str(tmp_path), None)
+    assert asked == [("storage.googleapis.com", 443)]

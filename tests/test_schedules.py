@@ -44,12 +44,14 @@ def test_a_cosine_run_resumes_only_with_its_own_length(tmp_path):
     """More epochs extend a step schedule, but would bend a cosine mid-run: refused."""
     config = nmnist.get_config()
     config.update(lr_schedule="cosine", epochs=6)
-    train.check_resumable(config, tmp_path / "cosine")
+    (tmp_path / "cosine").mkdir()
+    train.write_config(config, tmp_path / "cosine")  # a run that started
     config.epochs = 8
     with pytest.raises(train.ConfigError, match=r"different config.*'epochs'"):
         train.check_resumable(config, tmp_path / "cosine")
 
     config = nmnist.get_config()
-    train.check_resumable(config, tmp_path / "step")
+    (tmp_path / "step").mkdir()
+    train.write_config(config, tmp_path / "step")
     config.epochs = 300
     train.check_resumable(config, tmp_path / "step")

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import pathlib
+import socket
+import urllib.parse
 from collections.abc import Callable
 
 import tensorflow as tf
@@ -42,6 +45,12 @@ def ensure_built(
         reason = str(error).strip().splitlines()[0]  # TFDS goes on for lines
         raise ValueError(f"--dataset={name!r}: no such TFDS dataset ({reason}).") from error
     if not builder.is_prepared():
+        if not manual_dir and (hosts := _unreachable_download_hosts(builder)):
+            raise ValueError(
+                f"--dataset={name!r} is not built in {builder.data_dir}, and building it "
+                f"downloads from {', '.join(hosts)}, which this machine cannot reach: pass the "
+                "source files with --tfds_manual_dir=DIR."
+            )
         print(f"{name} is not built in {builder.data_dir}; building it with TFDS now.", flush=True)
         try:
             builder.download_and_prepare(
@@ -54,6 +63,23 @@ def ensure_built(
                 f"files with --tfds_manual_dir=DIR (the `tfds build` command's --manual_dir)."
             ) from error
     return builder
+
+
+def _unreachable_download_hosts(builder: tfds.core.DatasetBuilder) -> list[str]:
+    """Hosts of the builder's downloads (checksums.tsv) that refuse a connection within 5 s,
+    unless TFDS's own manual directory holds every file. Offline, TFDS retries each
+    download for minutes before it fails."""
+    urls = list(builder.url_infos or {})
+    default_manual = pathlib.Path(builder.data_dir).parents[2] / "downloads" / "manual"
+    if all((default_manual / url.rsplit("/", 1)[-1]).exists() for url in urls):
+        return []
+    unreachable = []
+    for host in sorted({urllib.parse.urlparse(url).hostname for url in urls}):
+        try:
+            socket.create_connection((host, 443), timeout=5).close()
+        except OSError:
+            unreachable.append(host)
+    return unreachable
 
 
 def to_example(example: dict, num_classes: int) -> tuple[tf.Tensor, tf.Tensor]:
