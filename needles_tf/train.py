@@ -174,7 +174,16 @@ def parse_flags(argv: list[str]) -> list[str]:
     except ValueError as error:  # as absl reports a bad flag
         sys.exit(f"FATAL Flags parsing error: {error}\nPass --helpshort or --helpfull for help.")
     _CONFIG_ARGV[:] = argv
-    return app.parse_flags_with_usage(argv)
+    try:
+        return app.parse_flags_with_usage(argv)
+    except (AttributeError, KeyError) as error:  # an override of a field the config lacks
+        overrides = [arg.split("=", 1)[0] for arg in argv if arg.startswith("--config.")]
+        field = str(error).strip("\"'")
+        sys.exit(
+            f"FATAL Flags parsing error: {', '.join(overrides)}: the config has no field "
+            f"{field!r}. --config.FIELD sets fields the config has; new keys (pooling "
+            "arguments, say) go in a config file, --config=FILE.py."
+        )
 
 
 def resolved_config() -> ml_collections.ConfigDict:

@@ -393,6 +393,10 @@ def test_command_line_rejects_bad_flags_at_once(tmp_path):
     result = run_cli("--preset=gpu_huge", f"--model_dir={tmp_path}")
     assert result.returncode != 0 and "--preset='gpu_huge': expected one of" in result.stderr
     assert not any(tmp_path.iterdir())
+    result = run_cli("--config.model.pooling_kwargs.r0=5", f"--model_dir={tmp_path}")
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert "--config.model.pooling_kwargs.r0: the config has no field 'r0'" in last, last
     # One line, not absl's docstring and 500 lines of flag help.
     result = run_cli("--dataset=nonexistent", f"--model_dir={tmp_path / 'run'}")
     assert result.returncode == 2, result.stderr[-2000:]
