@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import re
 import struct
@@ -189,6 +190,37 @@ def test_command_line_json_and_overlays(exported, images, tmp_path):
         assert overlay.shape == (record["height"], record["width"], 3)
         y0, x0, _, _ = record["max_saliency"]["window"]
         np.testing.assert_array_equal(overlay[y0, x0], predict.WINDOW_COLOUR)
+
+
+@pytest.mark.slow
+def test_a_keras_file_predicts_under_jax_without_tensorflow(exported, images):
+    """The models are keras.ops only: a .keras file needs neither TensorFlow nor its backend."""
+    _, _, keras_file = exported
+    folder, _ = images
+    script = (
+        "import json, runpy, sys\n"
+        "sys.argv = ['predict', '--json', '--tile_size=64', *sys.argv[1:]]\n"
+        "try:\n"
+        "    runpy.run_module('needles_tf.predict', run_name='__main__')\n"
+        "finally:\n"
+        "    print(json.dumps({'tensorflow': 'tensorflow' in sys.modules}))\n"
+    )
+    arguments = [f"--model={keras_file}", str(folder / "grey.png")]
+    records = {}
+    for backend in ("jax", "tensorflow"):
+        result = subprocess.run(
+            [sys.executable, "-c", script, *arguments],
+            cwd=ROOT, capture_output=True, text=True, timeout=300,
+            env={**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        *prediction, imported = result.stdout.strip().splitlines()
+        assert json.loads(imported) == {"tensorflow": backend == "tensorflow"}
+        records[backend] = json.loads("\n".join(prediction))[0]
+    assert records["jax"]["tiles"] == records["tensorflow"]["tiles"] == 3 * 4
+    assert records["jax"]["probability"]["present"] == pytest.approx(
+        records["tensorflow"]["probability"]["present"], abs=1e-5
+    )
 
 
 def test_instance_normalization_tiling_warns(tmp_path, monkeypatch):
