@@ -106,18 +106,13 @@ class CheckpointManager:
         full disk) or the write fails (a read-only or deleted directory).
         """
         final = self.directory / f"ckpt-{int(state['global_step'])}"
-        try:
-            intact = self.latest()
-        except OSError:  # the directory is gone
-            intact = None
-        kept = f"the last checkpoint ({intact}) is intact" if intact else "no checkpoint yet"
         needed = checkpoint_bytes(model)
         try:
             free = shutil.disk_usage(self.directory).free
             if free < needed:
                 raise CheckpointError(
                     f"{self.directory}: {free / 1e6:.1f} MB free, a checkpoint needs about "
-                    f"{needed / 1e6:.1f} MB; {kept}. Free some space and rerun to resume."
+                    f"{needed / 1e6:.1f} MB; {self._kept()}. Free some space and rerun to resume."
                 )
             temporary = pathlib.Path(tempfile.mkdtemp(prefix=".tmp-ckpt-", dir=self.directory))
             try:
@@ -134,11 +129,19 @@ class CheckpointManager:
         except OSError as error:
             raise CheckpointError(
                 f"{self.directory}: writing {final.name} failed "
-                f"({error.strerror or error}); {kept}."
+                f"({error.strerror or error}); {self._kept()}."
             ) from error
         for old in self.checkpoints()[: -self.keep]:
             shutil.rmtree(old, ignore_errors=True)
         return final
+
+    def _kept(self) -> str:
+        """What a failed save leaves, for its message."""
+        try:
+            intact = self.latest()
+        except OSError:  # the directory is gone
+            intact = None
+        return f"the last checkpoint ({intact}) is intact" if intact else "no checkpoint yet"
 
     def restore(self, model: keras.Model, checkpoint: pathlib.Path) -> dict[str, Any]:
         """Loads weights and optimizer state into `model`; returns the saved run state."""

@@ -42,7 +42,7 @@ def ensure_built(
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError as error:
-        reason = str(error).strip().splitlines()[0]  # TFDS goes on for lines
+        reason = _first_line(error)  # TFDS goes on for lines
         raise ValueError(f"--dataset={name!r}: no such TFDS dataset ({reason}).") from error
     if not builder.is_prepared():
         if not manual_dir and (hosts := _unreachable_download_hosts(builder)):
@@ -57,12 +57,16 @@ def ensure_built(
                 download_config=tfds.download.DownloadConfig(manual_dir=manual_dir)
             )
         except Exception as error:  # the builders' own errors name the tfds command's flags
-            first = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
             raise ValueError(
-                f"--dataset={name!r}: building it failed ({first}). Offline, pass the source "
-                f"files with --tfds_manual_dir=DIR (the `tfds build` command's --manual_dir)."
+                f"--dataset={name!r}: building it failed ({_first_line(error)}). Offline, pass "
+                "the source files with --tfds_manual_dir=DIR (`tfds build`'s --manual_dir)."
             ) from error
     return builder
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else repr(error)
 
 
 def _unreachable_download_hosts(builder: tfds.core.DatasetBuilder) -> list[str]:
