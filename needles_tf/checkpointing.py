@@ -65,6 +65,15 @@ class CheckpointError(OSError):
     """A checkpoint could not be written; the earlier ones are untouched."""
 
 
+def os_error_reason(error: OSError) -> str:
+    """An OSError's reason in a few words: its strerror, or the errno that HDF5 spells out
+    in a multi-line message ("... errno = 27, error message = 'File too large' ...")."""
+    found = re.search(r"errno = (\d+)", str(error))
+    if found:
+        return os.strerror(int(found.group(1)))
+    return " ".join((error.strerror or str(error)).split())
+
+
 def checkpoint_bytes(model: keras.Model) -> int:
     """Room a checkpoint of `model` needs: its and its optimizer's variables, plus 10%
     and 1 MB for HDF5's own records."""
@@ -129,7 +138,7 @@ class CheckpointManager:
         except OSError as error:
             raise CheckpointError(
                 f"{self.directory}: writing {final.name} failed "
-                f"({error.strerror or error}); {self._kept()}."
+                f"({os_error_reason(error)}); {self._kept()}."
             ) from error
         for old in self.checkpoints()[: -self.keep]:
             shutil.rmtree(old, ignore_errors=True)

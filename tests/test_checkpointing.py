@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import resource
 import shutil
+import signal
 
 import keras
 import numpy as np
@@ -68,6 +70,44 @@ def test_too_little_room_stops_before_writing_and_names_the_intact_checkpoint(
     with pytest.raises(CheckpointError, match=rf"0.0 MB free.*\({first}\) is intact.*rerun"):
         manager.save(model, {"global_step": 2})
     assert manager.checkpoints() == [first] and sorted(tmp_path.iterdir()) == [first]
+
+
+@pytest.fixture
+def file_size_limit():
+    """Lowers this process's file size limit (a full disk as the write sees it: writes past
+    the limit fail with EFBIG, SIGXFSZ ignored), and restores both afterwards."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    try:
+        yield lambda limit: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
+
+
+def test_a_write_that_runs_out_of_room_fails_in_one_line(tmp_path, file_size_limit):
+    """The room check passed but HDF5's write fails midway: no crash, one line, the
+    earlier checkpoint intact and restorable, no partial checkpoint left."""
+    model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(512), keras.layers.Dense(1)])
+    model.compile(keras.optimizers.Adam(0.1), "mse")
+    model.fit(np.ones((4, 64)), np.zeros((4, 1)), verbose=0)
+    manager = CheckpointManager(tmp_path)
+    first = manager.save(model, {"global_step": 1})
+    size = (first / "model.weights.h5").stat().st_size
+    file_size_limit(size // 4)
+    with pytest.raises(CheckpointError) as raised:
+        manager.save(model, {"global_step": 2})
+    file_size_limit(resource.RLIM_INFINITY)
+    assert str(raised.value) == (
+        f"{tmp_path}: writing ckpt-2 failed (File too large); "
+        f"the last checkpoint ({first}) is intact."
+    )
+    assert sorted(tmp_path.iterdir()) == [first]
+    restored = keras.models.clone_model(model)
+    restored.compile(keras.optimizers.Adam(0.1), "mse")
+    assert manager.restore(restored, first) == {"global_step": 1}
+    for a, b in zip(model.get_weights(), restored.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_a_deleted_directory_is_named(tmp_path):

@@ -17,7 +17,7 @@ import pytest
 from conftest import free_ports
 
 from needles_tf import train as train_module
-from needles_tf.callbacks import NonFiniteLossError, RunState, new_run_state
+from needles_tf.callbacks import DIVERGED_WEIGHT, NonFiniteLossError, RunState, new_run_state
 from needles_tf.checkpointing import CheckpointManager
 from needles_tf.configs import nmnist
 from needles_tf.precise_bn import batch_norm_layers
@@ -323,17 +323,21 @@ def test_nan_loss_stops_with_a_clear_message(tmp_path):
     assert state["global_step"] == 1
 
 
-def test_weights_that_overflowed_are_never_checkpointed(tmp_path):
+def test_weights_that_overflowed_or_diverged_are_never_checkpointed(tmp_path):
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     manager = CheckpointManager(tmp_path)
-    callback = RunState(new_run_state(), manager, tmp_path, model, STEPS_PER_EPOCH, every_steps=1)
+    callback = RunState(new_run_state(), manager, tmp_path, model, 100, every_steps=1)
     callback.set_model(model)
     callback.on_train_batch_end(0, {"loss": 0.7})
     assert [p.name for p in manager.checkpoints()] == ["ckpt-1"]
-    model.layers[0].kernel.assign([[np.inf], [1.0]])
-    with pytest.raises(NonFiniteLossError, match=r"A weight became infinite or NaN.*intact"):
-        callback.on_train_batch_end(1, {"loss": 0.6})
-    assert [p.name for p in manager.checkpoints()] == ["ckpt-1"]
+    for step, weight, reached in [(1, np.inf, "inf"), (2, np.nan, "nan"), (3, 1e30, "1e[+]30")]:
+        model.layers[0].kernel.assign([[weight], [1.0]])
+        with pytest.raises(NonFiniteLossError, match=rf"reached {reached} by .*diverged.*intact"):
+            callback.on_train_batch_end(step, {"loss": 0.6})  # a finite loss
+        assert [p.name for p in manager.checkpoints()] == ["ckpt-1"]
+    model.layers[0].kernel.assign([[-DIVERGED_WEIGHT], [1.0]])  # the largest that is kept
+    callback.on_train_batch_end(4, {"loss": 0.6})
+    assert [p.name for p in manager.checkpoints()] == ["ckpt-1", "ckpt-5"]
 
 
 @pytest.mark.parametrize(
