@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pathlib
+import shutil
 from collections.abc import Iterator
 
 
@@ -30,3 +31,16 @@ def atomic_path(path: str | os.PathLike) -> Iterator[pathlib.Path]:
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as temporary:
         temporary.write_text(text)
+
+
+def replace_directory(temporary: str | os.PathLike, final: str | os.PathLike) -> None:
+    """Moves the finished directory `temporary` to `final`; an existing `final` is renamed
+    aside first and deleted after, so `final` is always the old or the new one, whole."""
+    temporary, final = pathlib.Path(temporary), pathlib.Path(final)
+    old = None
+    if final.exists():
+        old = final.with_name(f".old-{final.name}-{os.getpid()}")
+        os.rename(final, old)
+    os.rename(temporary, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

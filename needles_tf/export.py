@@ -27,7 +27,7 @@ from absl import app, flags, logging
 
 from needles_tf import metadata as metadata_module
 from needles_tf import runs
-from needles_tf.atomic import atomic_path
+from needles_tf.atomic import atomic_path, replace_directory
 from needles_tf.checkpointing import usual_permissions, writable_directory
 from needles_tf.cli import one_line_usage_errors
 from needles_tf.data import pipeline
@@ -41,17 +41,6 @@ KERAS_FILE = "model.keras"
 # export's time (14 of 32 s for the test suite's model); such a tape differentiates the
 # forward ops instead, which gives the same values.
 SAVE_OPTIONS = tf.saved_model.SaveOptions(experimental_custom_gradients=False)
-
-
-def _replace_directory(temporary: pathlib.Path, final: pathlib.Path) -> None:
-    """Moves `temporary` to `final`; an existing `final` is swapped out first, then deleted."""
-    old = None
-    if final.exists():
-        old = final.with_name(f".old-{final.name}-{os.getpid()}")
-        os.rename(final, old)
-    os.rename(temporary, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def export_model(
@@ -76,7 +65,7 @@ def export_model(
         (temporary / "assets.extra").mkdir(exist_ok=True)
         (temporary / "assets.extra" / metadata_module.METADATA_FILE).write_text(metadata)
         final = base / str(version)
-        _replace_directory(temporary, final)
+        replace_directory(temporary, final)
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
     with atomic_path(model_dir / KERAS_FILE) as temporary_file:

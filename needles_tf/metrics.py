@@ -54,21 +54,30 @@ def _argmax_position(saliency: np.ndarray) -> tuple[int, int]:
     return np.unravel_index(int(np.argmax(saliency)), saliency.shape)
 
 
+def image_detections(
+    saliency_maps: list[np.ndarray], boxes: list[np.ndarray | None]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each image's max-saliency detection: its confidence (the saliency there), whether it
+    hits the needle's box, and whether the image has a needle; three (images,) arrays."""
+    confidences, hits, needles = [], [], []
+    for saliency, box in zip(saliency_maps, boxes, strict=True):
+        saliency = np.asarray(saliency)
+        y, x = _argmax_position(saliency)
+        needle = has_needle(box)
+        needles.append(needle)
+        confidences.append(float(saliency[y, x]))
+        hits.append(bool(needle and box_mask(box, *saliency.shape)[y, x]))
+    return np.asarray(confidences), np.asarray(hits, bool), np.asarray(needles, bool)
+
+
 def max_saliency_detections(
     saliency_maps: list[np.ndarray], boxes: list[np.ndarray | None]
 ) -> tuple[np.ndarray, int]:
     """Per image, whether its max-saliency detection hits the needle, ranked by confidence
     (the saliency there, highest first); and the number of images with a needle."""
-    confidences, hits, needles = [], [], 0
-    for saliency, box in zip(saliency_maps, boxes, strict=True):
-        saliency = np.asarray(saliency)
-        y, x = _argmax_position(saliency)
-        needle = has_needle(box)
-        needles += needle
-        confidences.append(float(saliency[y, x]))
-        hits.append(bool(needle and box_mask(box, *saliency.shape)[y, x]))
-    order = np.argsort(-np.asarray(confidences), kind="stable")
-    return np.asarray(hits, bool)[order], int(needles)
+    confidences, hits, needles = image_detections(saliency_maps, boxes)
+    order = np.argsort(-confidences, kind="stable")
+    return hits[order], int(needles.sum())
 
 
 def localization_precision_recall(
@@ -92,11 +101,19 @@ def localization_average_precision(
     needle (box None or all zero) it is a false positive only. AP is the mean of
     the precision at the rank of each true positive over all needles.
     """
-    hits, needles = max_saliency_detections(saliency_maps, boxes)
-    if needles == 0:
+    return detection_average_precision(*image_detections(saliency_maps, boxes))
+
+
+def detection_average_precision(
+    confidences: np.ndarray, hits: np.ndarray, needles: np.ndarray
+) -> float:
+    """localization_average_precision from each image's detection (`image_detections`)."""
+    order = np.argsort(-np.asarray(confidences), kind="stable")
+    hits = np.asarray(hits, bool)[order]
+    if not np.any(needles):
         return float("nan")
     precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
-    return float(np.sum(precision[hits]) / needles)
+    return float(np.sum(precision[hits]) / np.sum(needles))
 
 
 def continuous_dice(saliency: np.ndarray, target: np.ndarray) -> float:
@@ -152,22 +169,63 @@ def pixel_average_precision(saliency_maps: list[np.ndarray], masks: list[np.ndar
     return float(sk_metrics.average_precision_score(truth, np.concatenate(scores)))
 
 
-def pointing_game(
+def pointing_hits(
     saliency_maps: list[np.ndarray], boxes: list[np.ndarray], tolerance: int = 0
-) -> float:
-    """Fraction of images with a needle whose maximum saliency lies within `tolerance`
-    pixels of the needle's box (Zhang et al., 2016)."""
+) -> np.ndarray:
+    """Per image, 1.0 when its maximum saliency lies within `tolerance` pixels of the
+    needle's box, 0.0 when not, NaN when the image has no needle."""
     hits = []
     for saliency, box in zip(saliency_maps, boxes, strict=True):
         if not has_needle(box):
+            hits.append(np.nan)
             continue
         saliency = np.asarray(saliency)
         y, x = _argmax_position(saliency)
         truth = box_mask(box, *saliency.shape)
         y0, y1 = max(y - tolerance, 0), y + tolerance + 1
         x0, x1 = max(x - tolerance, 0), x + tolerance + 1
-        hits.append(bool(truth[y0:y1, x0:x1].any()))
-    return float(np.mean(hits)) if hits else float("nan")
+        hits.append(float(truth[y0:y1, x0:x1].any()))
+    return np.asarray(hits, np.float64)
+
+
+def pointing_game(
+    saliency_maps: list[np.ndarray], boxes: list[np.ndarray], tolerance: int = 0
+) -> float:
+    """Fraction of images with a needle whose maximum saliency lies within `tolerance`
+    pixels of the needle's box (Zhang et al., 2016)."""
+    hits = pointing_hits(saliency_maps, boxes, tolerance)
+    return float(np.nanmean(hits)) if np.isfinite(hits).any() else float("nan")
+
+
+def calibration_curve(
+    labels: np.ndarray, probabilities: np.ndarray, bins: int = 15
+) -> dict[str, list[float]]:
+    """Reliability diagram data: every (image, class) probability in `bins` equal-width bins;
+    per bin the decisions, their mean probability and the fraction that are positive
+    (NaN in an empty bin)."""
+    probabilities = np.asarray(probabilities, np.float64).ravel()
+    labels = np.asarray(labels, np.float64).ravel() > 0.5
+    which = np.minimum((probabilities * bins).astype(np.int64), bins - 1)
+    count = np.bincount(which, minlength=bins).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        confidence = np.bincount(which, probabilities, minlength=bins) / count
+        frequency = np.bincount(which, labels, minlength=bins) / count
+    return {
+        "count": count.astype(int).tolist(),
+        "confidence": confidence.tolist(),
+        "frequency": frequency.tolist(),
+    }
+
+
+def expected_calibration_error(
+    labels: np.ndarray, probabilities: np.ndarray, bins: int = 15
+) -> float:
+    """ECE (Naeini et al. 2015; Guo et al. 2017 §2): the decisions' share in each bin times
+    the gap between the bin's mean probability and its fraction of positives, summed."""
+    curve = calibration_curve(labels, probabilities, bins)
+    count = np.asarray(curve["count"], np.float64)
+    gap = np.abs(np.asarray(curve["confidence"]) - np.asarray(curve["frequency"]))
+    return float(np.nansum(count * gap) / count.sum())
 
 
 UNDEFINED_REASON = (

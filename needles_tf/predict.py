@@ -1,9 +1,10 @@
 r"""Classify your own images and show where the needle is.
 
-    python -m needles_tf.predict --model=PATH [--out_dir=DIR] [--json] \
+    python -m needles_tf.predict --model=MODEL [--out_dir=DIR] [--json] \
         [--tile_size=1024] IMAGE [IMAGE ...]
 
-PATH is a SavedModel directory (RUN/saved_model/1) or a .keras file
+MODEL is a packaged model's name (e.g. nmnist_canvas256, needles_tf.packaged: its
+SavedModel), a SavedModel directory (RUN/saved_model/1) or a .keras file
 (RUN/model.keras), both written by needles_tf.export. IMAGEs are PNG, JPEG or
 TIFF files, grey or colour, 8 or 16 bits, up to --max_pixels (2^28 by default;
 the size in the header is checked before decoding). Colour images given to a
@@ -36,6 +37,7 @@ import tifffile
 from absl import app, flags, logging
 from PIL import Image, ImageOps
 
+from needles_tf import packaged
 from needles_tf.atomic import atomic_path
 from needles_tf.cli import one_line_usage_errors
 from needles_tf.localization.methods import served_grid
@@ -67,11 +69,12 @@ class ExportedModel:
         return int(self.metadata["receptive_field"]), int(self.metadata["stride"])
 
 
-def load_exported(path: str | os.PathLike) -> ExportedModel:
-    """A SavedModel directory or .keras file written by needles_tf.export."""
-    path = pathlib.Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"--model={path}: no such file or directory.")
+def load_exported(model: str | os.PathLike) -> ExportedModel:
+    """A SavedModel directory or .keras file written by needles_tf.export, or a packaged
+    model (its name or folder: its SavedModel)."""
+    path = packaged.resolve(str(model))
+    if (path / packaged.SAVED_MODEL_VERSION / "saved_model.pb").exists():  # a packaged folder
+        path = path / packaged.SAVED_MODEL_VERSION
     metadata = read_metadata(path)
     if path.is_dir():
         import tensorflow as tf  # SavedModels are TensorFlow's; .keras files need no TF
@@ -324,7 +327,10 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    flags.DEFINE_string("model", None, "SavedModel directory or .keras file.", required=True)
+    flags.DEFINE_string(
+        "model", None, "A packaged model's name, a SavedModel directory or a .keras file.",
+        required=True,
+    )  # fmt: skip
     flags.DEFINE_string("out_dir", None, "Write IMAGE_saliency.png overlays here.")
     flags.DEFINE_bool("json", False, "Print JSON instead of a table.")
     flags.DEFINE_integer("tile_size", 1024, "Largest tile side in pixels; larger images are tiled.")

@@ -324,20 +324,27 @@ def test_nan_loss_stops_with_a_clear_message(tmp_path):
 
 
 def test_weights_that_overflowed_or_diverged_are_never_checkpointed(tmp_path):
-    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model = keras.Sequential(
+        [keras.Input((2,)), keras.layers.BatchNormalization(), keras.layers.Dense(1)]
+    )
     manager = CheckpointManager(tmp_path)
     callback = RunState(new_run_state(), manager, tmp_path, model, 100, every_steps=1)
     callback.set_model(model)
     callback.on_train_batch_end(0, {"loss": 0.7})
     assert [p.name for p in manager.checkpoints()] == ["ckpt-1"]
+    norm, dense = model.layers
     for step, weight, reached in [(1, np.inf, "inf"), (2, np.nan, "nan"), (3, 1e30, "1e[+]30")]:
-        model.layers[0].kernel.assign([[weight], [1.0]])
+        dense.kernel.assign([[weight], [1.0]])
         with pytest.raises(NonFiniteLossError, match=rf"reached {reached} by .*diverged.*intact"):
             callback.on_train_batch_end(step, {"loss": 0.6})  # a finite loss
         assert [p.name for p in manager.checkpoints()] == ["ckpt-1"]
-    model.layers[0].kernel.assign([[-DIVERGED_WEIGHT], [1.0]])  # the largest that is kept
+    dense.kernel.assign([[-DIVERGED_WEIGHT], [1.0]])  # the largest that is kept
+    norm.moving_variance.assign([1e12, 1.0])  # a statistic: only required to be finite
     callback.on_train_batch_end(4, {"loss": 0.6})
     assert [p.name for p in manager.checkpoints()] == ["ckpt-1", "ckpt-5"]
+    norm.moving_variance.assign([np.inf, 1.0])
+    with pytest.raises(NonFiniteLossError, match=r"reached inf by"):
+        callback.on_train_batch_end(5, {"loss": 0.6})
 
 
 @pytest.mark.parametrize(
@@ -687,3 +694,58 @@ def test_a_curriculum_starts_each_stage_from_the_last_and_resumes(
     missing = tiny_config(init_from=str(tmp_path / "nothing"))
     with pytest.raises(train_module.ConfigError, match=r"--init_from=.*no best-epoch"):
         train_module.train(missing, tmp_path / "x", tfds_data_dir=tfds_dir)
+
+
+def test_package_builds_a_named_model_from_a_run(uninterrupted, tfds_dir, tmp_path, monkeypatch):
+    """A run becomes saved_models/NAME, usable by name in evaluate, predict and models.load,
+    with a card rendered from its files."""
+    from needles_tf import evaluate, model_card, models, package, packaged, predict
+
+    model_dir, _ = uninterrupted
+    recipe = packaged.PackagedModel(
+        summary="A tiny test model.",
+        train=("python -m needles_tf.train --preset=tiny",),
+        run=str(model_dir),
+        evaluations={
+            "": packaged.Evaluation(saliency=("instance", "gradient")),
+            "first_4": packaged.Evaluation(saliency=("instance",), max_examples=4, why="a few"),
+            "other_canvas": packaged.Evaluation(
+                saliency=("instance",), dataset="nmnist/canvas_64", why="another canvas"
+            ),
+        },
+    )
+    monkeypatch.setitem(packaged.PACKAGED_MODELS, "tiny", recipe)
+    monkeypatch.setenv("NEEDLES_TF_SAVED_MODELS", str(tmp_path / "saved"))
+    monkeypatch.setattr(package, "SPEED_SECONDS", 0.1)
+    folder = package.package("tiny", data_dir=tfds_dir)
+
+    assert folder == tmp_path / "saved" / "tiny"
+    assert sorted(p.name for p in (tmp_path / "saved").iterdir()) == ["tiny"]  # no temporary
+    main = json.loads((folder / "metrics.json").read_text())
+    assert main["examples"] == 16 and set(main["localization"]) == {"instance", "gradient"}
+    low, high = main["classification"]["ci95"]["accuracy"]
+    assert low <= main["classification"]["accuracy"] <= high
+    assert (folder / "reliability.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((folder / "evaluations/first_4/metrics.json").read_text())["examples"] == 4
+    speed = json.loads((folder / "speed.json").read_text())
+    assert speed["images_per_second"] > 0 and speed["image_size"] == [64, 64]
+    card = (folder / "MODEL_CARD.md").read_text()
+    assert card == model_card.render("tiny", folder, recipe)
+    assert "python -m needles_tf.train --preset=tiny" in card and "`first_4`: a few." in card
+    assert f"| accuracy | {main['classification']['accuracy']:.4f} |" in card
+    assert "| nmnist/canvas_64 | 19.1% | 16 |" in card  # the other-canvas table
+
+    # The name works wherever a model is expected.
+    model = models.load("tiny")
+    assert model.name == keras.saving.load_model(model_dir / "model.keras").name
+    exported = predict.load_exported("tiny")
+    assert exported.metadata["dataset"] == "nmnist/canvas_64"
+    again = evaluate.evaluate(
+        model="tiny", out_dir=tmp_path / "again", resamples=0, data_dir=tfds_dir
+    )
+    assert again["classification"]["accuracy"] == main["classification"]["accuracy"]
+    assert "ci95" not in again["classification"]
+    with pytest.raises(FileNotFoundError, match=r"--model=tinyy: no such file .* \(one of .*tiny"):
+        packaged.resolve("tinyy")
+    with pytest.raises(ValueError, match=r"--model_dir .* or --model .*, one of the two"):
+        evaluate.evaluate(model_dir, model="tiny", data_dir=tfds_dir)
