@@ -35,6 +35,15 @@ class Evaluation:
     why: str = ""  # what it shows, for the card
 
 
+def sparse_inversion_on_first(images: int) -> Evaluation:
+    """Sparse inversion takes 20 gradient steps per image: evaluated on fewer images."""
+    return Evaluation(
+        saliency=("sparse_inversion",),
+        max_examples=images,
+        why=f"20 gradient steps per image: the first {images:,} test images",
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class PackagedModel:
     summary: str  # one sentence for the card and the list of models
@@ -52,11 +61,7 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
         run="runs/c64",
         evaluations={
             "": Evaluation(saliency=("cam", "gradient")),
-            "sparse_inversion": Evaluation(
-                saliency=("sparse_inversion",),
-                max_examples=1000,
-                why="20 gradient steps per image: the first 1,000 test images",
-            ),
+            "sparse_inversion": sparse_inversion_on_first(1000),
             "canvas_128": Evaluation(
                 saliency=("cam",),
                 dataset="nmnist/canvas_128",
@@ -82,11 +87,7 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
         run="runs/c256",
         evaluations={
             "": Evaluation(saliency=("instance", "gradient")),
-            "sparse_inversion": Evaluation(
-                saliency=("sparse_inversion",),
-                max_examples=500,
-                why="20 gradient steps per image: the first 500 test images",
-            ),
+            "sparse_inversion": sparse_inversion_on_first(500),
         },
     ),
     "nmnist_canvas128_multires_lse_lba": PackagedModel(
@@ -100,11 +101,7 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
         run="runs/c128_multires",
         evaluations={
             "": Evaluation(saliency=("instance", "gradient")),
-            "sparse_inversion": Evaluation(
-                saliency=("sparse_inversion",),
-                max_examples=1000,
-                why="20 gradient steps per image: the first 1,000 test images",
-            ),
+            "sparse_inversion": sparse_inversion_on_first(1000),
         },
     ),
 }
