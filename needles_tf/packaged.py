@@ -87,7 +87,7 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
         run="runs/c256",
         evaluations={
             "": Evaluation(saliency=("instance", "gradient")),
-            "sparse_inversion": sparse_inversion_on_first(500),
+            "sparse_inversion": sparse_inversion_on_first(200),
         },
     ),
     "nmnist_canvas128_multires_lse_lba": PackagedModel(
