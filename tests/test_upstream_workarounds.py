@@ -71,3 +71,31 @@ def test_keras_reduces_multi_worker_scalars_along_axis_0():
     strategy = _MultiWorkerStandIn()
     keras_trainer.reduce_per_replica({"loss": tf.constant(0.5)}, strategy, "auto")
     assert strategy.axes == [None]
+
+
+@pytest.mark.parametrize("once", [False, True])
+def test_keras_export_archives_store_each_variable_twice(tmp_path, once):
+    """Why serving.save_variables_once exists: Keras 3.15's ExportArchive saves the tracked
+    model's variables and the variables its endpoints capture, the same values twice. If
+    the first case fails, Keras stores them once and the workaround can go."""
+    from needles_tf.serving import save_variables_once
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1000)])
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        "serve", lambda x: model(x), input_signature=[tf.TensorSpec([None, 4], tf.float32)]
+    )
+    if once:
+        save_variables_once(archive)
+    archive.write_out(str(tmp_path), verbose=False)
+    reader = tf.train.load_checkpoint(str(tmp_path / "variables" / "variables"))
+    stored = sum(
+        tf.TensorShape(shape).num_elements()
+        for name, shape in reader.get_variable_to_shape_map().items()
+        if name != "_CHECKPOINTABLE_OBJECT_GRAPH"
+    )
+    assert stored == (1 if once else 2) * model.count_params()
+    loaded = tf.saved_model.load(str(tmp_path))
+    x = tf.ones((2, 4))
+    assert float(tf.reduce_max(tf.abs(loaded.serve(x) - model(x)))) < 1e-6
