@@ -16,6 +16,7 @@ import re
 from typing import Any
 
 from needles_tf import packaged
+from needles_tf.atomic import atomic_write_text
 from needles_tf.metadata import read_metadata
 
 MNIST_DIGIT = 28  # pixels: an MNIST digit's side, the needle of nMNIST
@@ -72,8 +73,8 @@ def _header(name, recipe, metadata, training, folder) -> str:
     size_mb = (folder / packaged.KERAS_FILE).stat().st_size / 1e6
     config = training["config"]
     facts = [
-        ("task", f"{' / '.join(metadata['class_names'])}: a sigmoid probability per class, "
-         "learnt from image labels alone"),
+        ("task", f"class(es) {', '.join(f'`{c}`' for c in metadata['class_names'])}: a "
+         "sigmoid probability each, learnt from image-level labels alone"),
         ("architecture", f"{architecture}, {model['normalization']} normalization; "
          f"{model['head']} head, {pooling} pooling"),
         ("saliency", f"`{metadata['saliency']}` map, a value per {metadata['stride']}-pixel "
@@ -244,7 +245,8 @@ def _limitations(main: dict, extra: dict, recipe: packaged.PackagedModel) -> str
     if other:
         own = main["classification"]["accuracy"]
         lines += [
-            "- On larger canvases than it was trained on (the needle is rarer), accuracy drops:",
+            "- Measured on other canvases than it was trained on (O2I, the needle's share of "
+            "the image, falls; the clutter grows):",
             "",
             "| test set | O2I | images | accuracy (95% interval) | change | ROC AUC |",
             "|---|---|---|---|---|---|",
@@ -291,3 +293,23 @@ def packaged_table() -> str:
             f"| {speed['images_per_second']:.0f} ({height}x{width}) |"
         )
     return "\n".join(lines)
+
+
+README_START = "<!-- packaged models: rendered by needles_tf.model_card.packaged_table() -->"
+README_END = "<!-- end of packaged models -->"
+
+
+def update_readme_table(readme: pathlib.Path) -> bool:
+    """Replaces the table between README's markers with `packaged_table()`; False when the
+    README has no markers (an installed copy) or a packaged model is not there yet."""
+    text = readme.read_text() if readme.exists() else ""
+    if README_START not in text or README_END not in text:
+        return False
+    try:
+        table = packaged_table()
+    except FileNotFoundError:
+        return False
+    head, rest = text.split(README_START, 1)
+    tail = rest.split(README_END, 1)[1]
+    atomic_write_text(readme, f"{head}{README_START}\n{table}\n{README_END}{tail}")
+    return True

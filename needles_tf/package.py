@@ -166,11 +166,20 @@ def main(argv: list[str]) -> None:
             if FLAGS.speed_only:
                 remeasure_speed(folder)
             print(f"Wrote {write_card(FLAGS.name, folder)}")
+            _update_readme()
             return
         folder = package(FLAGS.name, FLAGS.model_dir, FLAGS.tfds_data_dir, FLAGS.tfds_manual_dir)
     except (ValueError, FileNotFoundError) as error:
         raise app.UsageError(str(error)) from error
     print(f"Packaged {folder}")
+    _update_readme()
+
+
+def _update_readme() -> None:
+    """README's table of packaged models, in a clone once every packaged model is there."""
+    readme = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+    if model_card.update_readme_table(readme):
+        print(f"Updated the table of packaged models in {readme}")
 
 
 if __name__ == "__main__":
