@@ -14,7 +14,9 @@ timed on this machine) and `MODEL_CARD.md` rendered from those files
 (needles_tf.model_card). It is built in a temporary folder and renamed into place,
 so a crash leaves the previous package, or none, never half of one. --card_only
 rewrites the card from the files already there; --speed_only measures the speed again
-first (on an idle machine: the figure is this machine's).
+first (on an idle machine: the figure is this machine's); --reexport exports the
+package's own model.keras again with this version's signatures (the same weights, so
+its metrics stand).
 """
 
 from __future__ import annotations
@@ -93,6 +95,24 @@ def package(
     return final
 
 
+def reexport(folder: pathlib.Path) -> None:
+    """Exports the package's model.keras again, with the signatures of this version of
+    needles_tf.serving; the weights, and therefore the metrics, are unchanged."""
+    import keras
+    import ml_collections
+
+    model = keras.saving.load_model(folder / packaged.KERAS_FILE, compile=False)
+    config = json.loads((folder / "training.json").read_text())["config"]
+    class_names = read_metadata(folder / packaged.KERAS_FILE)["class_names"]
+    work = pathlib.Path(tempfile.mkdtemp(prefix=f".tmp-{folder.name}-", dir=folder.parent))
+    try:
+        export.export_model(model, ml_collections.ConfigDict(config), work, 1, class_names)
+        replace_directory(work / export.SAVED_MODEL / "1", folder / packaged.SAVED_MODEL_VERSION)
+        os.replace(work / export.KERAS_FILE, folder / packaged.KERAS_FILE)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def _recipe(name: str) -> packaged.PackagedModel:
     if name not in packaged.PACKAGED_MODELS:
         raise ValueError(f"--name={name!r}: expected one of {sorted(packaged.PACKAGED_MODELS)}.")
@@ -158,11 +178,13 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     FLAGS = flags.FLAGS
     try:
-        if FLAGS.card_only or FLAGS.speed_only:
+        if FLAGS.card_only or FLAGS.speed_only or FLAGS.reexport:
             folder = packaged.packaged_folder(FLAGS.name)
             _recipe(FLAGS.name)
             if not (folder / "metrics.json").exists():
                 raise FileNotFoundError(f"--name={FLAGS.name}: {folder} holds no package yet.")
+            if FLAGS.reexport:
+                reexport(folder)
             if FLAGS.speed_only:
                 remeasure_speed(folder)
             print(f"Wrote {write_card(FLAGS.name, folder)}")
@@ -187,6 +209,7 @@ if __name__ == "__main__":
     flags.DEFINE_string("model_dir", None, "The training run (default: the recipe's).")
     flags.DEFINE_bool("card_only", False, "Only rewrite MODEL_CARD.md from the package's files.")
     flags.DEFINE_bool("speed_only", False, "Only measure the speed again (then rewrite the card).")
+    flags.DEFINE_bool("reexport", False, "Export model.keras again (then rewrite the card).")
     flags.DEFINE_string("tfds_data_dir", None, "TFDS data directory.")
     flags.DEFINE_string("tfds_manual_dir", None, "Source files to build missing datasets from.")
     app.run(one_line_usage_errors(main))

@@ -28,7 +28,7 @@ import dataclasses
 import json
 import os
 import pathlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import ml_collections
@@ -40,8 +40,7 @@ from PIL import Image, ImageOps
 from needles_tf import packaged
 from needles_tf.atomic import atomic_path
 from needles_tf.cli import one_line_usage_errors
-from needles_tf.localization.methods import served_grid
-from needles_tf.localization.tiling import tiled_grid
+from needles_tf.localization.streaming import StreamingModel, stream_image
 from needles_tf.localization.upsample import saliency_to_input
 from needles_tf.metadata import read_metadata
 from needles_tf.plots import outline, saliency_overlay
@@ -54,10 +53,9 @@ WINDOW_COLOUR = (0, 255, 255)
 
 @dataclasses.dataclass
 class ExportedModel:
-    """An exported model as two halves: image -> embedding grid, grid -> outputs."""
+    """An exported model, run tile by tile (needles_tf/localization/streaming.py)."""
 
-    features: Callable[[np.ndarray], np.ndarray]
-    head: Callable[[np.ndarray], dict[str, np.ndarray]]
+    streaming: StreamingModel
     metadata: dict
 
     @property
@@ -80,29 +78,17 @@ def load_exported(model: str | os.PathLike) -> ExportedModel:
         import tensorflow as tf  # SavedModels are TensorFlow's; .keras files need no TF
 
         loaded = tf.saved_model.load(str(path))
-        return ExportedModel(
-            features=lambda images: loaded.features(tf.constant(images))["embedding"].numpy(),
-            head=lambda grid: {k: v.numpy() for k, v in loaded.head(tf.constant(grid)).items()},
-            metadata=metadata,
-        )
+        if not hasattr(loaded, "tile_state"):
+            raise ValueError(
+                f"{path}: exported by an older needles_tf, without the signatures that "
+                "process an image tile by tile; export the run again (python -m "
+                "needles_tf.export --model_dir=RUN) or give its model.keras."
+            )
+        return ExportedModel(StreamingModel.from_saved_model(loaded), metadata)
     import keras
 
-    return keras_model_parts(keras.saving.load_model(path, compile=False), metadata)
-
-
-def keras_model_parts(model, metadata: dict) -> ExportedModel:
-    """An ExportedModel from a NeedleClassifier and its export metadata."""
-
-    def head(grid: np.ndarray) -> dict[str, np.ndarray]:
-        outputs = model.classify_embedding(grid)
-        served = {"probability": outputs["probability"], **served_grid(model, outputs)}
-        return {key: np.asarray(value, np.float32) for key, value in served.items()}
-
-    return ExportedModel(
-        features=lambda images: np.asarray(model.embed(images), np.float32),
-        head=head,
-        metadata=metadata,
-    )
+    model = keras.saving.load_model(path, compile=False)
+    return ExportedModel(StreamingModel.from_keras(model), metadata)
 
 
 def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> np.ndarray:
@@ -176,16 +162,8 @@ def _to_model_range(pixels: np.ndarray, path: pathlib.Path) -> np.ndarray:
 def predict_image(
     model: ExportedModel, image: np.ndarray, tile_size: int, progress: bool = False
 ) -> dict[str, Any]:
-    """Probabilities, the saliency grid and the tile count of one (H, W, C) image."""
-    receptive_field, stride = model.geometry
-    grid, tiles = tiled_grid(model.features, image, tile_size, receptive_field, stride, progress)
-    outputs = model.head(grid)
-    return {
-        "probability": outputs["probability"][0],
-        "saliency_grid": outputs["saliency_grid"][0],
-        "saliency_unit": outputs["saliency_unit"][0],
-        "tiles": tiles,
-    }
+    """Probabilities (K,), the saliency grid (h, w, K) and the tile count of one image."""
+    return stream_image(model.streaming, image, tile_size, *model.geometry, progress)
 
 
 def maximum_saliency(saliency_grid: np.ndarray, class_index: int, geometry) -> dict[str, Any]:

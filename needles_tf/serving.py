@@ -10,7 +10,15 @@ and the model in two halves (NeedleClassifier.embed and .classify_embedding), fo
 tiled inference on images too large for one piece (needles_tf.predict):
   features(image: float32 [batch, height, width, 1 or 3], values in [0, 255])
       -> embedding  float32 [batch, h, w, D], the backbone's grid
-  head(embedding) -> probability, saliency_grid and saliency_unit ([0, 1], on the grid).
+  head(embedding) -> probability, saliency_grid and saliency_unit ([0, 1], on the grid);
+and the head in pieces, for images of any size in bounded memory (needles_tf/
+localization/streaming.py), with the pooling state and a piece's maps each packed
+into one float32 tensor ([batch, S] and [batch, h, w, M]):
+  tile_state(embedding) -> state, maps      one piece of the grid
+  merge_states(state_a, state_b) -> state   two pieces together
+  finish(state) -> probability, logits      the image, from all its pieces
+  tile_maps(maps, state) -> saliency_grid, saliency_unit   a piece's slice of the
+      image's maps, given the final state
 
 The map is the model's default saliency method (`model.head.default_saliency`),
 computed by the same code that `evaluate` scores (needles_tf.localization.methods).
@@ -22,6 +30,7 @@ import keras
 import tensorflow as tf
 
 from needles_tf.localization.methods import default_saliency_method, served_grid
+from needles_tf.localization.streaming import head_packings
 
 
 def serving_module(model: keras.Model) -> keras.export.ExportArchive:
@@ -54,6 +63,24 @@ def serving_module(model: keras.Model) -> keras.export.ExportArchive:
         outputs = model.classify_embedding(embedding)
         return {"probability": outputs["probability"], **served_grid(model, outputs)}
 
+    head, embedding_dim = model.head, model.backbone.embedding_dim
+    states, pieces = head_packings(head, embedding_dim)
+
+    def serve_tile_state(embedding):
+        state, maps = head.tile_state(embedding)
+        return {"state": states.pack(state), "maps": pieces.pack(maps)}
+
+    def serve_merge_states(state_a, state_b):
+        merged = head.merge_states(states.unpack(state_a), states.unpack(state_b))
+        return {"state": states.pack(merged)}
+
+    def serve_finish(state):
+        outputs = head.finish(states.unpack(state))
+        return {"probability": outputs["probability"], "logits": outputs["logits"]}
+
+    def serve_tile_maps(maps, state):
+        return served_grid(model, head.tile_outputs(pieces.unpack(maps), states.unpack(state)))
+
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint(
@@ -80,6 +107,20 @@ def serving_module(model: keras.Model) -> keras.export.ExportArchive:
             )
         ],
     )
+    state_spec = tf.TensorSpec([None, sum(states.widths)], tf.float32, name="state")
+    embedding_spec = tf.TensorSpec([None, None, None, embedding_dim], tf.float32, name="embedding")
+    maps_spec = tf.TensorSpec([None, None, None, sum(pieces.widths)], tf.float32, name="maps")
+    archive.add_endpoint("tile_state", serve_tile_state, input_signature=[embedding_spec])
+    archive.add_endpoint(
+        "merge_states",
+        serve_merge_states,
+        input_signature=[
+            tf.TensorSpec(state_spec.shape, tf.float32, name="state_a"),
+            tf.TensorSpec(state_spec.shape, tf.float32, name="state_b"),
+        ],
+    )
+    archive.add_endpoint("finish", serve_finish, input_signature=[state_spec])
+    archive.add_endpoint("tile_maps", serve_tile_maps, input_signature=[maps_spec, state_spec])
     save_variables_once(archive)
     return archive
 

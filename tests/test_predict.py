@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -21,7 +22,8 @@ from conftest import tiny_bagnet_config
 from PIL import Image
 
 from needles_tf import export, predict
-from needles_tf.localization.tiling import Span, axis_spans, tiled_grid
+from needles_tf.localization.streaming import StreamingModel, stream_image
+from needles_tf.localization.tiling import Span, axis_spans
 from needles_tf.metadata import model_metadata
 from needles_tf.models.factory import build_model
 
@@ -58,36 +60,14 @@ def test_axis_spans_cover_every_cell_once_with_receptive_field_overlap():
         axis_spans(100, 8, RECEPTIVE_FIELD, STRIDE)
 
 
-@pytest.mark.parametrize(
-    "head, pooling, pooling_kwargs",
-    [
-        ("embedding", "max", {}),
-        ("embedding", "mean", {}),
-        ("embedding", "lse", {}),
-        ("embedding", "lse_r", {"r": 2.0}),
-        ("instance", "lse_lba", {"r0": 5.0}),
-        ("embedding", "attention", {}),
-    ],
-)
-def test_tiled_inference_equals_whole_image_inference(head, pooling, pooling_kwargs):
-    model, _ = local_model(head=head, pooling=pooling, pooling_kwargs=pooling_kwargs)
-    image = np.random.default_rng(2).uniform(0, 255, (150, 190, 1)).astype("float32")
-    whole = model(image[None], training=False)
-    grid, tiles = tiled_grid(model.embed, image, 48, RECEPTIVE_FIELD, STRIDE)
-    tiled = model.classify_embedding(grid)
-
-    assert tiles == 4 * 5
-    for name in ("saliency", "logits", "probability"):  # logits: unsaturated, so telling
-        np.testing.assert_allclose(tiled[name], whole[name], rtol=1e-5, atol=1e-6)
-
-
 def test_tiles_that_disagree_with_the_geometry_are_an_error():
-    def coarse_features(images):
-        return np.zeros((1, 2, 2, 4), np.float32)
-
+    model, _ = local_model()
+    coarse = dataclasses.replace(
+        StreamingModel.from_keras(model), embed=lambda images: np.zeros((1, 2, 2, 4), np.float32)
+    )
     image = np.zeros((100, 100, 1), np.float32)
     with pytest.raises(RuntimeError, match="does not have receptive field 9, stride 8"):
-        tiled_grid(coarse_features, image, 40, RECEPTIVE_FIELD, STRIDE)
+        stream_image(coarse, image, 40, RECEPTIVE_FIELD, STRIDE)
 
 
 @pytest.fixture(scope="module")
@@ -226,7 +206,7 @@ def test_instance_normalization_tiling_warns(tmp_path, monkeypatch):
     keras_model = build_model(config)
     metadata = model_metadata(keras_model, ml_collections.ConfigDict({"model": config}))
     assert metadata["local_cells"] is False
-    model = predict.keras_model_parts(keras_model, metadata)
+    model = predict.ExportedModel(StreamingModel.from_keras(keras_model), metadata)
     Image.fromarray(np.zeros((100, 80), np.uint8)).save(tmp_path / "a.png")
     warnings = []
     monkeypatch.setattr(logging, "warning", lambda message, *args: warnings.append(message % args))
@@ -311,7 +291,7 @@ def test_channels_are_converted_to_the_models(images):
     ):
         model, config = local_model(input_channels=channels)
         metadata = model_metadata(model, ml_collections.ConfigDict({"model": config}))
-        parts = predict.keras_model_parts(model, metadata)
+        parts = predict.ExportedModel(StreamingModel.from_keras(model), metadata)
         converted = predict.predict_image(parts, image, 1024)
         explicit = predict.predict_image(parts, same_as, 1024)
         np.testing.assert_allclose(converted["probability"], explicit["probability"], atol=1e-6)

@@ -747,5 +747,14 @@ def test_package_builds_a_named_model_from_a_run(uninterrupted, tfds_dir, tmp_pa
     assert "ci95" not in again["classification"]
     with pytest.raises(FileNotFoundError, match=r"--model=tinyy: no such file .* \(one of .*tiny"):
         packaged.resolve("tinyy")
+
+    # Exported again (new signatures, same weights): the same answers.
+    image = np.random.default_rng(0).uniform(0, 255, (64, 64, 1)).astype("float32")
+    before = predict.predict_image(exported, image, 32)
+    package.reexport(folder)
+    after = predict.predict_image(predict.load_exported("tiny"), image, 32)
+    np.testing.assert_allclose(after["probability"], before["probability"], atol=1e-6)
+    np.testing.assert_allclose(after["saliency_grid"], before["saliency_grid"], atol=1e-6)
+    assert sorted(p.name for p in (tmp_path / "saved").iterdir()) == ["tiny"]
     with pytest.raises(ValueError, match=r"--model_dir .* or --model .*, one of the two"):
         evaluate.evaluate(model_dir, model="tiny", data_dir=tfds_dir)

@@ -6,6 +6,14 @@ Every operator is one registered, serializable layer, chosen by name with
 `get_pooling`. All compute in float32 whatever the model's precision policy.
 Layers that weight positions take `return_weights=True` and then also return
 their weights, (B, H, W, 1), for localization.
+
+Every operator also pools in pieces, for maps too large to hold (a slide's grid,
+tile by tile): `tile_state(x)` reduces one piece to a small state, `merge_states`
+combines two states (in any order and grouping), and `pool_state` turns the state of
+all pieces into the pooled value, equal to `pool` of the whole map. The states are
+running maxima, sums and counts, log-sum-exps with a running shift, and the online
+softmax's numerator and denominator (Milakov & Gimelshein 2018, "Online normalizer
+calculation for softmax"). needles_tf/localization/streaming.py drives them.
 """
 
 from __future__ import annotations
@@ -72,6 +80,18 @@ class GlobalPooling(keras.layers.Layer):
         """(B, H, W, C) instance logits -> (B, C) logit of the pooled probability."""
         raise NotImplementedError(f"{self.pooling_name!r} pools probabilities only.")
 
+    def tile_state(self, x) -> dict:
+        """One piece (B, h, w, C) of the map -> its state, a dict of (B, ·) tensors."""
+        raise NotImplementedError
+
+    def merge_states(self, a: dict, b: dict) -> dict:
+        """The state of two pieces together."""
+        raise NotImplementedError
+
+    def pool_state(self, state: dict):
+        """(B, C): the pooled value of every piece merged into `state`."""
+        raise NotImplementedError
+
     def compute_output_shape(self, input_shape):
         pooled = (input_shape[0], input_shape[-1])
         if self.return_weights:
@@ -85,6 +105,40 @@ class GlobalPooling(keras.layers.Layer):
 def _num_positions(x):
     shape = ops.shape(x)
     return ops.cast(shape[1] * shape[2], x.dtype)
+
+
+def _positions(x):
+    """(B, 1) float32: the positions of a (B, h, w, C) piece, for running counts."""
+    shape = ops.shape(x)
+    return ops.full((shape[0], 1), ops.cast(shape[1] * shape[2], "float32"))
+
+
+def _exp_sum_state(scaled):
+    """Σ exp(scaled) over positions as a shift (the max) and the sum of exp(scaled - shift)."""
+    shift = ops.max(scaled, axis=(1, 2))
+    total = ops.sum(ops.exp(scaled - shift[:, None, None, :]), axis=(1, 2))
+    return shift, total
+
+
+def _merge_exp_sums(shift_a, total_a, shift_b, total_b):
+    shift = ops.maximum(shift_a, shift_b)
+    return shift, total_a * ops.exp(shift_a - shift) + total_b * ops.exp(shift_b - shift)
+
+
+def _mean_logsumexp_state(x, r) -> dict:
+    shift, total = _exp_sum_state(r * x)
+    return {"shift": shift, "total": total, "count": _positions(x)}
+
+
+def _merge_mean_logsumexp(a: dict, b: dict) -> dict:
+    shift, total = _merge_exp_sums(a["shift"], a["total"], b["shift"], b["total"])
+    return {"shift": shift, "total": total, "count": a["count"] + b["count"]}
+
+
+def _pool_mean_logsumexp(state: dict, r):
+    """`_mean_logsumexp` from its state; the shift over r is the maximum."""
+    pooled = (state["shift"] + ops.log(state["total"]) - ops.log(state["count"])) / r
+    return ops.minimum(pooled, state["shift"] / r)
 
 
 def _mean_logsumexp(x, r):
@@ -103,6 +157,15 @@ class MaxPooling(GlobalPooling):
     def pool(self, x):
         return ops.max(x, axis=(1, 2))
 
+    def tile_state(self, x):
+        return {"max": self.pool(ops.cast(x, "float32"))}
+
+    def merge_states(self, a, b):
+        return {"max": ops.maximum(a["max"], b["max"])}
+
+    def pool_state(self, state):
+        return state["max"]
+
 
 @register_pooling("mean")
 class MeanPooling(GlobalPooling):
@@ -110,6 +173,15 @@ class MeanPooling(GlobalPooling):
 
     def pool(self, x):
         return ops.mean(x, axis=(1, 2))
+
+    def tile_state(self, x):
+        return {"sum": ops.sum(ops.cast(x, "float32"), axis=(1, 2)), "count": _positions(x)}
+
+    def merge_states(self, a, b):
+        return {"sum": a["sum"] + b["sum"], "count": a["count"] + b["count"]}
+
+    def pool_state(self, state):
+        return state["sum"] / state["count"]
 
 
 @register_pooling("lse")
@@ -121,9 +193,40 @@ class LogSumExpPooling(GlobalPooling):
     def pool(self, x):
         return ops.logsumexp(x, axis=(1, 2))
 
+    def tile_state(self, x):
+        shift, total = _exp_sum_state(ops.cast(x, "float32"))
+        return {"shift": shift, "total": total}
+
+    def merge_states(self, a, b):
+        shift, total = _merge_exp_sums(a["shift"], a["total"], b["shift"], b["total"])
+        return {"shift": shift, "total": total}
+
+    def pool_state(self, state):
+        return state["shift"] + ops.log(state["total"])
+
+
+class MeanLogSumExpPooling(GlobalPooling):
+    """(1/r) log mean exp(r x), with r = `self.sharpness` (subclasses define it)."""
+
+    @property
+    def sharpness(self):
+        raise NotImplementedError
+
+    def pool(self, x):
+        return _mean_logsumexp(x, self.sharpness)
+
+    def tile_state(self, x):
+        return _mean_logsumexp_state(ops.cast(x, "float32"), self.sharpness)
+
+    def merge_states(self, a, b):
+        return _merge_mean_logsumexp(a, b)
+
+    def pool_state(self, state):
+        return _pool_mean_logsumexp(state, self.sharpness)
+
 
 @register_pooling("lse_r")
-class SharpLogSumExpPooling(GlobalPooling):
+class SharpLogSumExpPooling(MeanLogSumExpPooling):
     """(1/r) log mean exp(r x) with a fixed sharpness r (Yao et al. 2018 §3.4)."""
 
     def __init__(self, r: float = 5.0, **kwargs):
@@ -132,15 +235,16 @@ class SharpLogSumExpPooling(GlobalPooling):
             raise ValueError(f"r={r}: expected a positive sharpness.")
         self.r = float(r)
 
-    def pool(self, x):
-        return _mean_logsumexp(x, self.r)
+    @property
+    def sharpness(self):
+        return self.r
 
     def get_config(self):
         return {**super().get_config(), "r": self.r}
 
 
 @register_pooling("lse_lba")
-class LseLbaPooling(GlobalPooling):
+class LseLbaPooling(MeanLogSumExpPooling):
     """LSE with lower-bounded adaptation, r = r0 + exp(beta), beta learned (Yao et al. 2018 eq. 4).
 
     Maps a map of probabilities to a probability: all 0 -> 0, all 1 -> 1.
@@ -158,9 +262,6 @@ class LseLbaPooling(GlobalPooling):
     @property
     def sharpness(self):
         return self.r0 + ops.exp(self.beta)
-
-    def pool(self, x):
-        return _mean_logsumexp(x, self.sharpness)
 
     def get_config(self):
         return {**super().get_config(), "r0": self.r0}
@@ -195,6 +296,16 @@ class GeneralizedMeanPooling(GlobalPooling):
         log_x = ops.log(ops.maximum(x, self.epsilon))
         return ops.exp(_mean_logsumexp(log_x, self.exponent))
 
+    def tile_state(self, x):
+        log_x = ops.log(ops.maximum(ops.cast(x, "float32"), self.epsilon))
+        return _mean_logsumexp_state(log_x, self.exponent)
+
+    def merge_states(self, a, b):
+        return _merge_mean_logsumexp(a, b)
+
+    def pool_state(self, state):
+        return ops.exp(_pool_mean_logsumexp(state, self.exponent))
+
     def get_config(self):
         return {**super().get_config(), "p": self.p, "epsilon": self.epsilon}
 
@@ -222,10 +333,26 @@ class NoisyOrPooling(GlobalPooling):
         return -ops.expm1(ops.sum(ops.log1p(-x), axis=(1, 2)))
 
     def image_logit(self, logits):
-        log_none = -ops.sum(ops.softplus(ops.cast(logits, "float32")), axis=(1, 2))
+        return self.image_logit_from_state(self.logit_state(logits))
+
+    def logit_state(self, logits) -> dict:
+        """The state of a piece of instance logits: S = Σ log(1 - sigmoid(z)) = -Σ softplus(z)."""
+        return {"log_none": -ops.sum(ops.softplus(ops.cast(logits, "float32")), axis=(1, 2))}
+
+    def image_logit_from_state(self, state):
         # S = 0 (every softplus underflowed) would give log(0): keep S below -1e-30.
-        log_none = ops.minimum(log_none, -1e-30)
+        log_none = ops.minimum(state["log_none"], -1e-30)
         return ops.log(-ops.expm1(log_none)) - log_none
+
+    def tile_state(self, x):
+        x = ops.clip(ops.cast(x, "float32"), 0.0, 1.0 - self.epsilon)
+        return {"log_none": ops.sum(ops.log1p(-x), axis=(1, 2))}
+
+    def merge_states(self, a, b):
+        return {"log_none": a["log_none"] + b["log_none"]}
+
+    def pool_state(self, state):
+        return -ops.expm1(state["log_none"])
 
     def get_config(self):
         return {**super().get_config(), "epsilon": self.epsilon}
@@ -260,6 +387,40 @@ class AttentionPooling(GlobalPooling):
         weights = ops.reshape(ops.softmax(flat, axis=-1), shape)
         pooled = ops.sum(weights * x, axis=(1, 2))
         return (pooled, weights) if self.return_weights else pooled
+
+    def tile_state(self, x):
+        """The online softmax: scores shifted by the running maximum, the denominator
+        Σ exp(score - shift) and the numerator Σ exp(score - shift)·x."""
+        x = ops.cast(x, "float32")
+        scores = self.scores(x)
+        shift = ops.max(scores, axis=(1, 2))
+        weights = ops.exp(scores - shift[:, None, None, :])
+        return {
+            "shift": shift,
+            "denominator": ops.sum(weights, axis=(1, 2)),
+            "numerator": ops.sum(weights * x, axis=(1, 2)),
+        }
+
+    def merge_states(self, a, b):
+        shift = ops.maximum(a["shift"], b["shift"])
+        scale_a, scale_b = ops.exp(a["shift"] - shift), ops.exp(b["shift"] - shift)
+        return {
+            "shift": shift,
+            "denominator": a["denominator"] * scale_a + b["denominator"] * scale_b,
+            "numerator": a["numerator"] * scale_a + b["numerator"] * scale_b,
+        }
+
+    def pool_state(self, state):
+        return state["numerator"] / state["denominator"]
+
+    def weights_from_state(self, scores, state):
+        """A piece's (B, h, w, 1) attention weights, from its scores and the final state."""
+        log_normalizer = state["shift"] + ops.log(state["denominator"])  # (B, 1)
+        return ops.exp(scores - log_normalizer[:, None, None, :])
+
+    def peak_weight(self, state):
+        """(B, 1): the largest weight of the whole map, exp(max score - log normalizer)."""
+        return 1.0 / state["denominator"]
 
     def get_config(self):
         return {**super().get_config(), "hidden_units": self.hidden_units}

@@ -71,7 +71,8 @@ class GridSaliencyMethod(SaliencyMethod):
         shape = ops.shape(grid)
         return ops.broadcast_to(grid, (shape[0], shape[1], shape[2], classes))
 
-    def unit_grid(self, grid):
+    def unit_grid(self, grid, outputs: dict | None = None):
+        """The [0, 1] form; `outputs` may carry what a piece of a grid needs of the whole."""
         raise NotImplementedError
 
     def from_outputs(self, outputs: dict, height, width, geometry) -> SaliencyMaps:
@@ -117,7 +118,7 @@ def served_grid(model: keras.Model, outputs: dict) -> dict:
     """The default method's map on the grid: `saliency_grid` (raw) and `saliency_unit`."""
     method = default_saliency_method(model)
     grid = method.grid(outputs)
-    return {"saliency_grid": grid, "saliency_unit": method.unit_grid(grid)}
+    return {"saliency_grid": grid, "saliency_unit": method.unit_grid(grid, outputs)}
 
 
 def _needs_head(model: keras.Model, head_class: type, method: str, head: str) -> None:
@@ -134,7 +135,7 @@ class InstanceMap(GridSaliencyMethod):
     def check(self, model):
         _needs_head(model, InstancePoolingHead, self.name, "instance")
 
-    def unit_grid(self, grid):
+    def unit_grid(self, grid, outputs=None):
         return ops.clip(grid, 0.0, 1.0)
 
 
@@ -151,7 +152,7 @@ class ClassActivationMap(GridSaliencyMethod):
     def check(self, model):
         _needs_head(model, EmbeddingPoolingHead, self.name, "embedding")
 
-    def unit_grid(self, grid):
+    def unit_grid(self, grid, outputs=None):
         return ops.sigmoid(grid)
 
 
@@ -172,8 +173,14 @@ class AttentionMap(GridSaliencyMethod):
                 f"not {model.head.pooling_name!r}."
             )
 
-    def unit_grid(self, grid):
-        return grid / ops.maximum(ops.max(grid, axis=(1, 2), keepdims=True), 1e-12)
+    def unit_grid(self, grid, outputs=None):
+        """Divided by the largest weight: the grid's own, or for a piece of a grid
+        (streaming), the whole grid's, `outputs["attention_peak"]` (B, 1)."""
+        if outputs is not None and "attention_peak" in outputs:
+            peak = outputs["attention_peak"][:, None, None, :]
+        else:
+            peak = ops.max(grid, axis=(1, 2), keepdims=True)
+        return grid / ops.maximum(peak, 1e-12)
 
 
 @register_saliency

@@ -1,22 +1,19 @@
-"""Tiled inference: the extractor's grid of an image too large for one piece, stitched.
+"""Tiles of an image too large for one piece, whose grids are pieces of the whole image's.
 
 Grid cell i of an unpadded extractor with receptive field R and stride S sees
 input pixels [S·i, S·i + R) and nothing else (needles_tf/localization/upsample.py).
 Tiles that start on multiples of S and overlap by R - S therefore give, cell
-for cell, the grid of the whole image. The head then pools the stitched grid,
-so max, mean, the LSE family, LSE-LBA and attention pooling all get exactly
-their whole-image value. Exact for extractors whose cells depend on their
-window alone — BagNet with batch normalization (inference statistics), not
-with instance normalization, whose statistics are those of the whole input.
+for cell, the grid of the whole image (needles_tf/localization/streaming.py pools
+them). Exact for extractors whose cells depend on their window alone — BagNet with
+batch normalization (inference statistics), not with instance normalization, whose
+statistics are those of the whole input.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Callable
 
-import keras
 import numpy as np
 
 
@@ -53,48 +50,50 @@ def axis_spans(length: int, tile: int, receptive_field: int, stride: int) -> lis
     return spans
 
 
-def tiled_grid(
-    features: Callable[[np.ndarray], np.ndarray],
-    image: np.ndarray,
-    tile: int,
-    receptive_field: int,
-    stride: int,
-    progress: bool = False,
-) -> tuple[np.ndarray, int]:
-    """(H, W, C) image -> ((1, h, w, D) grid, number of tiles) through `features`.
+def check_tile_grid(grid, row: Span, column: Span, receptive_field: int, stride: int) -> None:
+    """Raises when a tile's grid is not the cells its spans promise (a wrong geometry)."""
+    if tuple(grid.shape[1:3]) != (row.cells, column.cells):
+        raise RuntimeError(
+            f"a {row.stop - row.start}x{column.stop - column.start} tile gave a "
+            f"{grid.shape[1]}x{grid.shape[2]} grid, not {row.cells}x{column.cells}: the "
+            f"extractor does not have receptive field {receptive_field}, stride {stride}."
+        )
 
-    `features` maps a (1, height, width, C) batch to its (1, cells_y, cells_x, D)
-    grid. An image that fits in one tile is passed whole (trailing pixels
-    included, as in whole-image inference).
-    """
-    height, width = image.shape[:2]
+
+@dataclasses.dataclass(frozen=True)
+class Tile:
+    """One tile: its rows and columns of pixels, and the grid cells they give."""
+
+    rows: Span
+    columns: Span
+
+    def pixels(self, image: np.ndarray) -> np.ndarray:
+        return image[self.rows.start : self.rows.stop, self.columns.start : self.columns.stop]
+
+    @property
+    def cells(self) -> tuple[slice, slice]:
+        """The tile's place in the whole grid."""
+        rows, columns = self.rows, self.columns
+        return (
+            slice(rows.first_cell, rows.first_cell + rows.cells),
+            slice(columns.first_cell, columns.first_cell + columns.cells),
+        )
+
+
+def tiles(
+    height: int, width: int, tile: int, receptive_field: int, stride: int
+) -> tuple[list[Tile], tuple[int, int]]:
+    """The tiles of a height x width image, row by row, and the whole grid's shape."""
     if min(height, width) < receptive_field:
         raise ValueError(
             f"image of {height}x{width} pixels: expected at least the receptive field, "
             f"{receptive_field}x{receptive_field}."
         )
-    if height <= tile and width <= tile:
-        return np.asarray(features(image[None])), 1
-    rows = axis_spans(height, tile, receptive_field, stride)
-    columns = axis_spans(width, tile, receptive_field, stride)
-    bar = keras.utils.Progbar(len(rows) * len(columns), unit_name="tile") if progress else None
-    cells = (rows[-1].first_cell + rows[-1].cells, columns[-1].first_cell + columns[-1].cells)
-    grid = None
-    for row, column in itertools.product(rows, columns):
-        part = np.asarray(features(image[None, row.start : row.stop, column.start : column.stop]))
-        if part.shape[1:3] != (row.cells, column.cells):
-            raise RuntimeError(
-                f"a {row.stop - row.start}x{column.stop - column.start} tile gave a "
-                f"{part.shape[1]}x{part.shape[2]} grid, not {row.cells}x{column.cells}: the "
-                f"extractor does not have receptive field {receptive_field}, stride {stride}."
-            )
-        if grid is None:
-            grid = np.empty((1, *cells, part.shape[-1]), part.dtype)
-        grid[
-            :,
-            row.first_cell : row.first_cell + row.cells,
-            column.first_cell : column.first_cell + column.cells,
-        ] = part
-        if bar is not None:
-            bar.add(1)
-    return grid, len(rows) * len(columns)
+    if height <= tile and width <= tile:  # whole, trailing pixels included, as in training
+        rows = [Span(0, height, 0, grid_cells(height, receptive_field, stride))]
+        columns = [Span(0, width, 0, grid_cells(width, receptive_field, stride))]
+    else:
+        rows = axis_spans(height, tile, receptive_field, stride)
+        columns = axis_spans(width, tile, receptive_field, stride)
+    grid = (rows[-1].first_cell + rows[-1].cells, columns[-1].first_cell + columns[-1].cells)
+    return [Tile(r, c) for r, c in itertools.product(rows, columns)], grid

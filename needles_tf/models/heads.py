@@ -12,6 +12,11 @@ multi-label (one-vs-rest). Every head returns a dict with exactly these keys:
                              gated attention): those weights
 
 No tensor is listed under two names. `HEADS` maps `--head` to the class.
+
+A head also classifies a grid too large to hold, piece by piece (needles_tf/
+localization/streaming.py): `tile_state(piece)` -> (pooling state, the piece's maps),
+`merge_states`, `finish(state)` -> logits and probability, and `tile_outputs(maps,
+state)` -> the piece's slice of `call`'s maps, given the final state.
 """
 
 from __future__ import annotations
@@ -92,6 +97,31 @@ class MILHead(keras.layers.Layer):
             return self.pooling(x)
         return self.pooling(x), None
 
+    def _pieces_of(self, pooled_input) -> tuple[dict, dict]:
+        """The pooling's state of one piece of what it pools, and the attention scores."""
+        state = self.pooling.tile_state(pooled_input)
+        maps = {"attention_scores": self.pooling.scores(pooled_input)} if self.has_attention else {}
+        return state, maps
+
+    def tile_state(self, embedding) -> tuple[dict, dict]:
+        """One piece (B, h, w, D) of the embedding grid -> (pooling state, its maps)."""
+        raise NotImplementedError
+
+    def merge_states(self, a: dict, b: dict) -> dict:
+        return self.pooling.merge_states(a, b)
+
+    def finish(self, state: dict) -> dict:
+        """{logits, probability} (B, K) of the grid whose pieces were merged into `state`."""
+        raise NotImplementedError
+
+    def tile_outputs(self, maps: dict, state: dict) -> dict:
+        """A piece's outputs, as `call` gives them for the whole grid, sliced to the piece."""
+        outputs = {**self.finish(state), "saliency": maps["saliency"]}
+        if self.has_attention:
+            outputs["attention"] = self.pooling.weights_from_state(maps["attention_scores"], state)
+            outputs["attention_peak"] = self.pooling.peak_weight(state)  # the whole grid's
+        return outputs
+
     def get_config(self):
         return {
             **super().get_config(),
@@ -139,6 +169,15 @@ class EmbeddingPoolingHead(MILHead):
             outputs["attention"] = attention
         return outputs
 
+    def tile_state(self, embedding):
+        embedding = ops.cast(embedding, "float32")
+        state, maps = self._pieces_of(embedding)
+        return state, {**maps, "saliency": self.classifier(embedding)}
+
+    def finish(self, state):
+        logits = self.classifier(self.pooling.pool_state(state))
+        return {"logits": logits, "probability": ops.sigmoid(logits)}
+
 
 @register_head("instance")
 class InstancePoolingHead(MILHead):
@@ -182,3 +221,19 @@ class InstancePoolingHead(MILHead):
         if attention is not None:
             outputs["attention"] = attention
         return outputs
+
+    def tile_state(self, embedding):
+        instance_logits = self.instance_classifier(ops.cast(embedding, "float32"))
+        saliency = ops.sigmoid(instance_logits)
+        if self.pooling.pools_logits:
+            state, maps = self.pooling.logit_state(instance_logits), {}
+        else:
+            state, maps = self._pieces_of(saliency)
+        return state, {**maps, "saliency": saliency}
+
+    def finish(self, state):
+        if self.pooling.pools_logits:
+            logits = self.pooling.image_logit_from_state(state)
+            return {"logits": logits, "probability": ops.sigmoid(logits)}
+        probability = self.pooling.pool_state(state)
+        return {"logits": self.to_logit(probability), "probability": probability}
