@@ -30,7 +30,7 @@ import keras
 import tensorflow as tf
 
 from needles_tf.localization.methods import default_saliency_method, served_grid
-from needles_tf.localization.streaming import head_packings
+from needles_tf.localization.streaming import StreamingModel, head_packings
 
 
 def serving_module(model: keras.Model) -> keras.export.ExportArchive:
@@ -63,23 +63,20 @@ def serving_module(model: keras.Model) -> keras.export.ExportArchive:
         outputs = model.classify_embedding(embedding)
         return {"probability": outputs["probability"], **served_grid(model, outputs)}
 
-    head, embedding_dim = model.head, model.backbone.embedding_dim
-    states, pieces = head_packings(head, embedding_dim)
+    embedding_dim = model.backbone.embedding_dim
+    streaming = StreamingModel.from_keras(model)
+    states, pieces = head_packings(model.head, embedding_dim)
 
     def serve_tile_state(embedding):
-        state, maps = head.tile_state(embedding)
-        return {"state": states.pack(state), "maps": pieces.pack(maps)}
+        state, maps = streaming.tile_state(embedding)
+        return {"state": state, "maps": maps}
 
     def serve_merge_states(state_a, state_b):
-        merged = head.merge_states(states.unpack(state_a), states.unpack(state_b))
-        return {"state": states.pack(merged)}
+        return {"state": streaming.merge_states(state_a, state_b)}
 
     def serve_finish(state):
-        outputs = head.finish(states.unpack(state))
+        outputs = streaming.finish(state)
         return {"probability": outputs["probability"], "logits": outputs["logits"]}
-
-    def serve_tile_maps(maps, state):
-        return served_grid(model, head.tile_outputs(pieces.unpack(maps), states.unpack(state)))
 
     archive = keras.export.ExportArchive()
     archive.track(model)
@@ -120,7 +117,9 @@ def serving_module(model: keras.Model) -> keras.export.ExportArchive:
         ],
     )
     archive.add_endpoint("finish", serve_finish, input_signature=[state_spec])
-    archive.add_endpoint("tile_maps", serve_tile_maps, input_signature=[maps_spec, state_spec])
+    archive.add_endpoint(
+        "tile_maps", streaming.served_maps, input_signature=[maps_spec, state_spec]
+    )
     save_variables_once(archive)
     return archive
 

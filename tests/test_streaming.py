@@ -10,7 +10,7 @@ from test_predict import with_random_statistics
 
 from needles_tf.layers.pooling import POOLINGS
 from needles_tf.localization.methods import served_grid
-from needles_tf.localization.streaming import StreamingModel, stream_image
+from needles_tf.localization.streaming import StreamingModel, same_size_batches, stream_image
 from needles_tf.localization.tiling import tiles
 from needles_tf.models.factory import build_model
 
@@ -25,6 +25,14 @@ def combinations():
             yield "instance", name
 
 
+def random_model(**fields) -> keras.Model:
+    """A tiny batch-normalized model with statistics and pooling parameters off their
+    initial values, so that each of them matters."""
+    keras.utils.set_random_seed(1)
+    config = tiny_bagnet_config(normalization="batch", **fields)
+    return away_from_initial(with_random_statistics(build_model(config)))
+
+
 def away_from_initial(model: keras.Model) -> keras.Model:
     """Pooling parameters (sharpness, exponent, attention) moved off their initial values."""
     rng = np.random.default_rng(5)
@@ -35,9 +43,7 @@ def away_from_initial(model: keras.Model) -> keras.Model:
 
 @pytest.mark.parametrize("head, pooling", list(combinations()))
 def test_streamed_tiles_equal_whole_image_inference(head, pooling):
-    config = tiny_bagnet_config(normalization="batch", head=head, pooling=pooling, num_classes=2)
-    keras.utils.set_random_seed(1)
-    model = away_from_initial(with_random_statistics(build_model(config)))
+    model = random_model(head=head, pooling=pooling, num_classes=2)
     image = np.random.default_rng(2).uniform(0, 255, (150, 190, 1)).astype("float32")
     whole = model(image[None], training=False)
     served = served_grid(model, whole)
@@ -62,3 +68,20 @@ def test_tiles_cover_the_grid_once_in_reading_order():
 def test_an_image_smaller_than_the_receptive_field_is_refused():
     with pytest.raises(ValueError, match="image of 8x100 pixels: expected at least"):
         tiles(8, 100, 48, RECEPTIVE_FIELD, STRIDE)
+
+
+@pytest.mark.parametrize("head, pooling", [("instance", "lse_lba"), ("embedding", "attention")])
+def test_batches_of_tiles_give_the_answer_of_single_tiles(head, pooling):
+    model = StreamingModel.from_keras(random_model(head=head, pooling=pooling))
+    image = np.random.default_rng(4).uniform(0, 255, (150, 190, 1)).astype("float32")
+    one = stream_image(model, image, 48, RECEPTIVE_FIELD, STRIDE, batch_size=1)
+    batched = stream_image(model, image, 48, RECEPTIVE_FIELD, STRIDE, batch_size=3)
+    for key in ("probability", "saliency_grid", "saliency_unit"):
+        np.testing.assert_allclose(batched[key], one[key], rtol=1e-5, atol=1e-7)
+
+
+def test_same_size_batches_never_mix_sizes():
+    tile_list, _ = tiles(150, 190, 48, RECEPTIVE_FIELD, STRIDE)
+    batches = list(same_size_batches(tile_list, 3))
+    assert [t for b in batches for t in b] == tile_list
+    assert all(len({t.shape for t in b}) == 1 and len(b) <= 3 for b in batches)

@@ -21,8 +21,6 @@ from keras import ops
 
 from needles_tf.localization.tiling import Tile, check_tile_grid, tiles
 
-TileMaps = dict  # the head's per-piece maps (saliency, attention scores), (1, h, w, ·)
-
 
 @dataclasses.dataclass(frozen=True)
 class Packing:
@@ -56,14 +54,15 @@ def head_packings(head, embedding_dim: int) -> tuple[Packing, Packing]:
 
 @dataclasses.dataclass
 class StreamingModel:
-    """What streaming needs of a model, as four functions on numpy or backend tensors:
+    """What streaming needs of a model, with the pooling state packed as (B, S) and a
+    piece's maps as (B, h, w, M) (`Packing`), so that both are plain arrays:
 
-    embed(images)            (1, height, width, C) -> (1, h, w, D) embedding grid
-    tile_state(grid)         -> (pooling state, the piece's maps)
-    merge_states(a, b)       -> the state of both pieces
-    finish(state)            -> {"probability": (1, K), ...}
-    served_maps(maps, state) -> {"saliency_grid", "saliency_unit"}: (1, h, w, K) each,
-                                the piece's slice of the whole image's served maps
+    embed(images)            (B, height, width, C) -> (B, h, w, D) embedding grids
+    tile_state(grid)         -> (states, maps) of B pieces
+    merge_states(a, b)       -> the state of both pieces, (1, S)
+    finish(state)            -> {"probability": (1, K), "logits": (1, K)}
+    served_maps(maps, state) -> {"saliency_grid", "saliency_unit"}: (B, h, w, K) each,
+                                the pieces' slices of the whole image's served maps
     """
 
     embed: Callable
@@ -78,17 +77,30 @@ class StreamingModel:
         from needles_tf.localization.methods import served_grid
 
         head = model.head
+        states, pieces = head_packings(head, model.backbone.embedding_dim)
+
+        def tile_state(grid):
+            state, maps = head.tile_state(grid)
+            return states.pack(state), pieces.pack(maps)
+
+        def merge_states(a, b):
+            return states.pack(head.merge_states(states.unpack(a), states.unpack(b)))
+
+        def served_maps(maps, state):
+            outputs = head.tile_outputs(pieces.unpack(maps), states.unpack(state))
+            return served_grid(model, outputs)
+
         return cls(
             embed=model.embed,
-            tile_state=head.tile_state,
-            merge_states=head.merge_states,
-            finish=head.finish,
-            served_maps=lambda maps, state: served_grid(model, head.tile_outputs(maps, state)),
+            tile_state=tile_state,
+            merge_states=merge_states,
+            finish=lambda state: head.finish(states.unpack(state)),
+            served_maps=served_maps,
         )
 
     @classmethod
     def from_saved_model(cls, loaded) -> StreamingModel:
-        """From a SavedModel's signatures (needles_tf.serving): states and maps packed."""
+        """From a SavedModel's signatures (needles_tf.serving)."""
         import tensorflow as tf
 
         def tile_state(grid):
@@ -104,25 +116,50 @@ class StreamingModel:
         )
 
 
-def pooled_tiles(
-    model: StreamingModel,
-    image: np.ndarray,
-    tile_list: list[Tile],
-    receptive_field: int,
-    stride: int,
-    progress: bool = False,
-) -> Iterator[tuple[Tile, dict, TileMaps]]:
-    """Runs the model on each tile; yields (tile, running state, the tile's maps)."""
-    bar = keras.utils.Progbar(len(tile_list), unit_name="tile") if progress else None
-    state = None
+class PooledStream:
+    """Tiles in, pooled as they come: `add` runs the model on a batch of tiles of one
+    size, merges their states into `state` and returns their maps; `finish` gives the
+    image's probability and `served` a tile's final maps, once every tile is in."""
+
+    def __init__(self, model: StreamingModel, receptive_field: int, stride: int):
+        self.model, self.geometry = model, (receptive_field, stride)
+        self.state = None
+        self.tiles = 0
+
+    def add(self, batch: list[Tile], pixels: np.ndarray) -> np.ndarray:
+        """(B, height, width, C) pixels of `batch` -> their maps, (B, h, w, M) numpy."""
+        grid = self.model.embed(pixels)
+        check_tile_grid(grid, batch[0].rows, batch[0].columns, *self.geometry)
+        states, maps = self.model.tile_state(grid)
+        states = np.asarray(states)
+        for row in range(len(batch)):
+            piece = states[row : row + 1]
+            self.state = piece if self.state is None else self.model.merge_states(self.state, piece)
+        self.tiles += len(batch)
+        return np.asarray(maps)
+
+    def finish(self) -> np.ndarray:
+        """(K,) probabilities of the image."""
+        if self.state is None:
+            raise ValueError("no tile was added: nothing to pool.")
+        return np.asarray(self.model.finish(self.state)["probability"], np.float32)[0]
+
+    def served(self, maps: np.ndarray) -> dict[str, np.ndarray]:
+        """Final (h, w, K) saliency_grid and saliency_unit of one tile's maps."""
+        served = self.model.served_maps(maps[None], self.state)
+        return {key: np.asarray(value, np.float32)[0] for key, value in served.items()}
+
+
+def same_size_batches(tile_list: list[Tile], batch_size: int) -> Iterator[list[Tile]]:
+    """Consecutive tiles of one pixel size, at most `batch_size` at a time."""
+    batch: list[Tile] = []
     for tile in tile_list:
-        grid = model.embed(tile.pixels(image)[None])
-        check_tile_grid(grid, tile.rows, tile.columns, receptive_field, stride)
-        piece_state, maps = model.tile_state(grid)
-        state = piece_state if state is None else model.merge_states(state, piece_state)
-        if bar is not None:
-            bar.add(1)
-        yield tile, state, maps
+        if batch and (len(batch) == batch_size or tile.shape != batch[0].shape):
+            yield batch
+            batch = []
+        batch.append(tile)
+    if batch:
+        yield batch
 
 
 def stream_image(
@@ -132,24 +169,25 @@ def stream_image(
     receptive_field: int,
     stride: int,
     progress: bool = False,
+    batch_size: int = 1,
 ) -> dict:
     """(H, W, C) image -> its probability (K,) and served maps (h, w, K), tile by tile.
 
-    Memory: one tile's activations, and K values per grid cell for the maps.
+    Memory: `batch_size` tiles' activations, and M values per grid cell for the maps.
     """
     tile_list, grid_shape = tiles(*image.shape[:2], tile, receptive_field, stride)
-    pieces, state = [], None
-    for piece, running, maps in pooled_tiles(
-        model, image, tile_list, receptive_field, stride, progress
-    ):
-        pieces.append((piece, maps))
-        state = running
-    probability = np.asarray(model.finish(state)["probability"], np.float32)
+    stream = PooledStream(model, receptive_field, stride)
+    bar = keras.utils.Progbar(len(tile_list), unit_name="tile") if progress else None
+    pieces = []
+    for batch in same_size_batches(tile_list, batch_size):
+        maps = stream.add(batch, np.stack([t.pixels(image) for t in batch]))
+        pieces += zip(batch, maps, strict=True)
+        if bar is not None:
+            bar.add(len(batch))
     served = {}
     for piece, maps in pieces:
-        for key, value in model.served_maps(maps, state).items():
-            value = np.asarray(value, np.float32)
+        for key, value in stream.served(maps).items():
             if key not in served:
                 served[key] = np.empty((*grid_shape, value.shape[-1]), np.float32)
-            served[key][piece.cells] = value[0]
-    return {"probability": probability[0], **served, "tiles": len(tile_list)}
+            served[key][piece.cells] = value
+    return {"probability": stream.finish(), **served, "tiles": len(tile_list)}

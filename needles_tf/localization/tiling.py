@@ -67,6 +67,11 @@ class Tile:
     rows: Span
     columns: Span
 
+    @property
+    def shape(self) -> tuple[int, int]:
+        """Its height and width in pixels."""
+        return self.rows.stop - self.rows.start, self.columns.stop - self.columns.start
+
     def pixels(self, image: np.ndarray) -> np.ndarray:
         return image[self.rows.start : self.rows.stop, self.columns.start : self.columns.stop]
 
