@@ -1,7 +1,8 @@
-r"""Classify your own images and show where the needle is.
+r"""Classify your own images and slides, and show where the needle is.
 
     python -m needles_tf.predict --model=MODEL [--out_dir=DIR] [--json] \
-        [--tile_size=1024] IMAGE [IMAGE ...]
+        [--tile_size=1024] IMAGE|SLIDE|DIRECTORY|LIST.txt ...
+    python -m needles_tf.predict --model=MODEL --out_dir=DIR --shard=0/4 slides/
 
 MODEL is a packaged model's name (e.g. nmnist_canvas256, needles_tf.packaged: its
 SavedModel), a SavedModel directory (RUN/saved_model/1) or a .keras file
@@ -20,6 +21,13 @@ by the receptive field (needles_tf/localization/tiling.py) and pooled as a
 whole, which gives whole-image results for models whose grid cells depend on
 their window alone (batch normalization); with instance normalization a
 warning says the result is approximate.
+
+Slides (.svs, .ndpi, .scn, .bif and tiled TIFFs) are read region by region at
+--level or --mpp, glass skipped by a tissue mask of the thumbnail, and written as
+SLIDE_heatmap.tif (pyramidal), SLIDE_thumbnail.png and SLIDE.json with the top
+regions in level-0 pixels (needles_tf/slides/). A directory stands for its images
+and slides, a .txt file for the paths it lists; --shard splits them across
+processes, and --out_dir gets predictions.csv (needles_tf/cohort.py).
 """
 
 from __future__ import annotations
@@ -37,13 +45,15 @@ import tifffile
 from absl import app, flags, logging
 from PIL import Image, ImageOps
 
-from needles_tf import packaged
+from needles_tf import cohort, packaged
 from needles_tf.atomic import atomic_path
 from needles_tf.cli import one_line_usage_errors
 from needles_tf.localization.streaming import StreamingModel, stream_image
 from needles_tf.localization.upsample import saliency_to_input
 from needles_tf.metadata import read_metadata
 from needles_tf.plots import outline, saliency_overlay
+from needles_tf.slides.inference import predict_slide
+from needles_tf.slides.reader import is_slide
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 # 16384²: 3 GB as float32 RGB. Larger images need --max_pixels (slides: see the README).
@@ -282,23 +292,41 @@ def format_table(records: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str]) -> None:
-    images = argv[1:]
-    if not images:
-        raise app.UsageError("Expected one or more image files after the flags.")
+    if not argv[1:]:
+        raise app.UsageError("Expected images, slides, directories or list files after the flags.")
     FLAGS = flags.FLAGS
-    if FLAGS.tile_size < 1:
-        raise app.UsageError(f"--tile_size={FLAGS.tile_size}: expected a positive pixel count.")
-    if FLAGS.max_pixels < 1:
-        raise app.UsageError(f"--max_pixels={FLAGS.max_pixels}: expected a positive count.")
-    try:
-        records = predict_files(
-            load_exported(FLAGS.model),
-            images,
-            FLAGS.out_dir,
-            FLAGS.tile_size,
-            progress=not FLAGS.json,
-            max_pixels=FLAGS.max_pixels,
+    for name in ("tile_size", "max_pixels", "top_k", "batch_size"):
+        if FLAGS[name].value < 1:
+            raise app.UsageError(f"--{name}={FLAGS[name].value}: expected a positive number.")
+    if FLAGS.level is not None and FLAGS.level < 0:
+        raise app.UsageError(f"--level={FLAGS.level}: expected a pyramid level, 0 or more.")
+    if FLAGS.mpp is not None and FLAGS.mpp <= 0:
+        raise app.UsageError(f"--mpp={FLAGS.mpp}: expected microns per pixel, above 0.")
+    if FLAGS.tissue_threshold is not None and not 0 < FLAGS.tissue_threshold <= 1:
+        raise app.UsageError(
+            f"--tissue_threshold={FLAGS.tissue_threshold}: expected a grey level in (0, 1]."
         )
+    try:
+        paths = cohort.take_shard(cohort.expand(argv[1:]), FLAGS.shard)
+        model = load_exported(FLAGS.model)
+        records = []
+        for path in paths:
+            if is_slide(path):
+                records.append(
+                    predict_slide(
+                        model, path, FLAGS.out_dir, FLAGS.tile_size, FLAGS.level, FLAGS.mpp,
+                        FLAGS.tissue_threshold, FLAGS.top_k, FLAGS.batch_size,
+                        progress=not FLAGS.json,
+                    )
+                )  # fmt: skip
+            else:
+                records += predict_files(
+                    model, [path], FLAGS.out_dir, FLAGS.tile_size,
+                    progress=not FLAGS.json, max_pixels=FLAGS.max_pixels,
+                )  # fmt: skip
+        if FLAGS.out_dir is not None and records:
+            csv_path = cohort.write_results(FLAGS.out_dir, records, FLAGS.shard)
+            logging.info("Wrote %s", csv_path)
     except (ValueError, FileNotFoundError) as error:
         raise app.UsageError(str(error)) from error
     print(json.dumps(records, indent=2) if FLAGS.json else format_table(records))
@@ -309,10 +337,22 @@ if __name__ == "__main__":
         "model", None, "A packaged model's name, a SavedModel directory or a .keras file.",
         required=True,
     )  # fmt: skip
-    flags.DEFINE_string("out_dir", None, "Write IMAGE_saliency.png overlays here.")
+    flags.DEFINE_string(
+        "out_dir", None, "Write overlays (images), heatmaps, thumbnails and JSON (slides), "
+        "and predictions.csv here.",
+    )  # fmt: skip
     flags.DEFINE_bool("json", False, "Print JSON instead of a table.")
     flags.DEFINE_integer("tile_size", 1024, "Largest tile side in pixels; larger images are tiled.")
     flags.DEFINE_integer(
         "max_pixels", MAX_PIXELS, "Refuse images whose header declares more pixels than this."
     )
+    flags.DEFINE_integer("level", None, "Slides: the pyramid level to read (default 0).")
+    flags.DEFINE_float("mpp", None, "Slides: microns per pixel to read at (or --level).")
+    flags.DEFINE_float(
+        "tissue_threshold", None, "Slides: grey level (0-1) below which a thumbnail pixel is "
+        "tissue (default: Otsu's threshold).",
+    )  # fmt: skip
+    flags.DEFINE_integer("top_k", 5, "Slides: how many top regions to report.")
+    flags.DEFINE_integer("batch_size", 4, "Slides: tiles per model call.")
+    flags.DEFINE_string("shard", "", "i/n: only every n-th input from the i-th (from 0).")
     app.run(one_line_usage_errors(main))

@@ -1,0 +1,1 @@
+"""Whole-slide images: reading by region and level, tissue masks, pyramidal heatmaps."""
