@@ -353,6 +353,6 @@ if __name__ == "__main__":
         "tissue (default: Otsu's threshold).",
     )  # fmt: skip
     flags.DEFINE_integer("top_k", 5, "Slides: how many top regions to report.")
-    flags.DEFINE_integer("batch_size", 4, "Slides: tiles per model call.")
+    flags.DEFINE_integer("batch_size", 1, "Slides: tiles per model call (memory grows with it).")
     flags.DEFINE_string("shard", "", "i/n: only every n-th input from the i-th (from 0).")
     app.run(one_line_usage_errors(main))

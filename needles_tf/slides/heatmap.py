@@ -109,10 +109,10 @@ def write_pyramid_tiff(
 class HeatmapWriter:
     """Per-cell maps in, a pyramidal heatmap TIFF out, in bounded memory.
 
-    `add(cells, maps)` stores a tile's raw maps (and marks its cells as read);
-    `finish(unit, on_band)` turns them, a band at a time, into [0, 1] maps by
+    `add(cells, maps, tissue)` stores a tile's raw maps and which of its cells are
+    tissue; `finish(unit, on_band)` turns them, a band at a time, into [0, 1] maps by
     `unit(band)` (the model's served maps, given the final pooling state), scaled to
-    uint8, zero where no tile was read (glass), and hands each band to `on_band`.
+    uint8, zero on glass and where no tile was read, and hands each band to `on_band`.
     """
 
     def __init__(self, grid_shape: tuple[int, int], channels: int, folder: pathlib.Path):
@@ -120,9 +120,11 @@ class HeatmapWriter:
         self.grid_shape = grid_shape
         self._maps = RawGrid(self._folder / "maps.raw", (*grid_shape, channels + 1), np.float32)
 
-    def add(self, cells: tuple[slice, slice], maps: np.ndarray) -> None:
-        read = np.ones((*maps.shape[:2], 1), np.float32)
-        self._maps.write(cells[0].start, cells[1].start, np.concatenate([maps, read], axis=-1))
+    def add(self, cells: tuple[slice, slice], maps: np.ndarray, tissue: np.ndarray) -> None:
+        """A tile's (h, w, M) maps at its grid `cells`; `tissue` (h, w) bool: the cells
+        to show (the rest, glass, stays zero)."""
+        shown = tissue[..., None].astype(np.float32)
+        self._maps.write(cells[0].start, cells[1].start, np.concatenate([maps, shown], axis=-1))
 
     def finish(
         self,

@@ -46,6 +46,20 @@ def tissue_tiles(tile_list: list[Tile], mask: np.ndarray, shape: tuple[int, int]
     return kept
 
 
+def cell_tissue(
+    tile: Tile, mask: np.ndarray, shape: tuple[int, int], receptive_field: int, stride: int
+) -> np.ndarray:
+    """(cells_y, cells_x) bool: whether the centre of each of the tile's grid cells'
+    windows lies on tissue in the (h, w) mask of a `shape` slide."""
+    rows = (np.arange(tile.rows.cells) + tile.rows.first_cell) * stride + receptive_field / 2
+    columns = (
+        np.arange(tile.columns.cells) + tile.columns.first_cell
+    ) * stride + receptive_field / 2
+    y = np.minimum((rows * mask.shape[0] / shape[0]).astype(int), mask.shape[0] - 1)
+    x = np.minimum((columns * mask.shape[1] / shape[1]).astype(int), mask.shape[1] - 1)
+    return mask[y[:, None], x[None, :]]
+
+
 def read_ahead(slide: Slide, batches: Iterable[list[Tile]]) -> Iterator[tuple[list, np.ndarray]]:
     """(batch, its pixels as float32) with up to READ_AHEAD batches decoded in advance."""
 
@@ -98,7 +112,7 @@ def predict_slide(
     mpp: float | None = None,
     tissue_threshold: float | None = None,
     top_k: int = 5,
-    batch_size: int = 4,
+    batch_size: int = 1,
     progress: bool = False,
 ) -> dict[str, Any]:
     """One slide's record: probabilities, top regions in level-0 pixels, output paths.
@@ -131,7 +145,11 @@ def predict_slide(
                 folder.mkdir(parents=True, exist_ok=True)
                 heatmap = HeatmapWriter(grid_shape, maps.shape[-1], folder)
             for tile, tile_maps in zip(batch, maps, strict=True):
-                heatmap.add(tile.cells, tile_maps)
+                heatmap.add(
+                    tile.cells,
+                    tile_maps,
+                    cell_tissue(tile, mask, slide.shape, receptive_field, stride),
+                )
             if bar is not None:
                 bar.add(len(batch))
         probability = stream.finish()

@@ -164,12 +164,13 @@ def _base_mpp(properties: dict) -> float | None:
 
 def tissue_mask(thumbnail: np.ndarray, threshold: float | None = None) -> np.ndarray:
     """(h, w) bool: tissue, not glass. Glass is bright and grey; tissue is darker or
-    stained. A pixel is tissue where its grey level (0 to 1) is below `threshold`
-    (Otsu's threshold of the thumbnail when None; GLASS_GREY for a uniform thumbnail) or
-    its saturation is above 0.1."""
+    stained. A pixel is tissue where its grey level (0 to 1) is below `threshold` or its
+    saturation is above 0.1. By default the threshold is Otsu's, between the glass and
+    tissue of the thumbnail, but never below GLASS_GREY: a slide without glass (Otsu
+    then splits the tissue) is all tissue."""
     grey = rgb2gray(thumbnail) if thumbnail.shape[-1] == 3 else thumbnail[..., 0] / 255.0
     if threshold is None:
-        threshold = threshold_otsu(grey) if np.ptp(grey) > 0 else GLASS_GREY
+        threshold = max(threshold_otsu(grey), GLASS_GREY) if np.ptp(grey) > 0 else GLASS_GREY
     rgb = thumbnail.astype(np.float32)
     top, bottom = rgb.max(axis=-1), rgb.min(axis=-1)
     saturation = np.where(top > 0, (top - bottom) / np.maximum(top, 1.0), 0.0)
