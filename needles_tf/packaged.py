@@ -90,20 +90,6 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
             "sparse_inversion": sparse_inversion_on_first(200),
         },
     ),
-    "nmnist_canvas128_multires_lse_lba": PackagedModel(
-        summary="Is there a 3 among the digits of a 128x128 nMNIST canvas (O2I 4.8%)? Yao et "
-        "al.'s multi-resolution model (width 1/4), instance head, LSE-LBA pooling (r0 = 5); "
-        "saliency: the instance probability map.",
-        train=(
-            "python -m needles_tf.train --config=multires --preset=cpu_canvas128 "
-            f"--model_dir=runs/c128_multires {MNIST}",
-        ),
-        run="runs/c128_multires",
-        evaluations={
-            "": Evaluation(saliency=("instance", "gradient")),
-            "sparse_inversion": sparse_inversion_on_first(1000),
-        },
-    ),
 }
 
 
