@@ -55,8 +55,9 @@ def parse_shard(shard: str) -> tuple[int, int]:
 
 
 def take_shard(paths: list[pathlib.Path], shard: str) -> list[pathlib.Path]:
+    """Every n-th path of the sorted list from the i-th; all of them, in order, for ''."""
     index, count = parse_shard(shard)
-    return sorted(paths)[index::count]
+    return paths if count == 1 else sorted(paths)[index::count]
 
 
 def rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -136,6 +136,38 @@ def split_logical_cpus(count: int) -> None:
     )
 
 
+def replicated(function: Callable, strategy: tf.distribute.Strategy) -> Callable:
+    """`function` of a batch, run with the batch split across the strategy's replicas
+    (one part per GPU) and the results concatenated in order. A batch that does not
+    split evenly is padded with copies of its last element, whose results are dropped.
+    With one replica, `function` itself."""
+    replicas = strategy.num_replicas_in_sync
+    if replicas == 1:
+        return function
+
+    @tf.function
+    def run(parts):
+        return strategy.run(function, args=(parts,))
+
+    def call(batch):
+        batch = tf.convert_to_tensor(batch)
+        count = int(batch.shape[0])
+        padding = -count % replicas
+        if padding:
+            batch = tf.concat([batch, tf.repeat(batch[-1:], padding, axis=0)], axis=0)
+        chunks = tf.split(batch, replicas)
+        parts = strategy.experimental_distribute_values_from_function(
+            lambda context: chunks[context.replica_id_in_sync_group]
+        )
+        outputs = run(parts)
+        return tf.nest.map_structure(
+            lambda value: tf.concat(strategy.experimental_local_results(value), axis=0)[:count],
+            outputs,
+        )
+
+    return call
+
+
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
     """Whether this process writes files: the chief, or worker 0 of a cluster without one."""
     resolver = getattr(strategy, "cluster_resolver", None)

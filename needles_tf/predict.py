@@ -32,7 +32,9 @@ processes, and --out_dir gets predictions.csv (needles_tf/cohort.py).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import json
 import os
 import pathlib
@@ -77,28 +79,42 @@ class ExportedModel:
         return int(self.metadata["receptive_field"]), int(self.metadata["stride"])
 
 
-def load_exported(model: str | os.PathLike) -> ExportedModel:
+def load_exported(model: str | os.PathLike, strategy: str | None = None) -> ExportedModel:
     """A SavedModel directory or .keras file written by needles_tf.export, or a packaged
-    model (its name or folder: its SavedModel)."""
+    model (its name or folder: its SavedModel). With `strategy` (needles_tf.distribute:
+    auto, mirrored...), loaded under it, each batch of tiles split across its replicas."""
     path = packaged.resolve(str(model))
     if (path / packaged.SAVED_MODEL_VERSION / "saved_model.pb").exists():  # a packaged folder
         path = path / packaged.SAVED_MODEL_VERSION
     metadata = read_metadata(path)
-    if path.is_dir():
-        import tensorflow as tf  # SavedModels are TensorFlow's; .keras files need no TF
+    scope, replicate = contextlib.nullcontext(), None
+    if strategy is not None:
+        from needles_tf import distribute
 
-        loaded = tf.saved_model.load(str(path))
-        if not hasattr(loaded, "tile_state"):
-            raise ValueError(
-                f"{path}: exported by an older needles_tf, without the signatures that "
-                "process an image tile by tile; export the run again (python -m "
-                "needles_tf.export --model_dir=RUN) or give its model.keras."
-            )
-        return ExportedModel(StreamingModel.from_saved_model(loaded), metadata)
-    import keras
+        chosen = distribute.make_strategy(strategy)
+        scope = chosen.scope()
+        replicate = functools.partial(distribute.replicated, strategy=chosen)
+    with scope:
+        if path.is_dir():
+            import tensorflow as tf  # SavedModels are TensorFlow's; .keras files need no TF
 
-    model = keras.saving.load_model(path, compile=False)
-    return ExportedModel(StreamingModel.from_keras(model), metadata)
+            loaded = tf.saved_model.load(str(path))
+            if not hasattr(loaded, "tile_state"):
+                raise ValueError(
+                    f"{path}: exported by an older needles_tf, without the signatures that "
+                    "process an image tile by tile; export the run again (python -m "
+                    "needles_tf.export --model_dir=RUN) or give its model.keras."
+                )
+            streaming = StreamingModel.from_saved_model(loaded)
+        else:
+            import keras
+
+            streaming = StreamingModel.from_keras(keras.saving.load_model(path, compile=False))
+    if replicate is not None:
+        streaming = dataclasses.replace(
+            streaming, tile_pass=replicate(lambda x: streaming.tile_state(streaming.embed(x)))
+        )
+    return ExportedModel(streaming, metadata)
 
 
 def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> np.ndarray:
@@ -308,7 +324,7 @@ def main(argv: list[str]) -> None:
         )
     try:
         paths = cohort.take_shard(cohort.expand(argv[1:]), FLAGS.shard)
-        model = load_exported(FLAGS.model)
+        model = load_exported(FLAGS.model, FLAGS.strategy)
         records = []
         for path in paths:
             if is_slide(path):
@@ -355,4 +371,8 @@ if __name__ == "__main__":
     flags.DEFINE_integer("top_k", 5, "Slides: how many top regions to report.")
     flags.DEFINE_integer("batch_size", 1, "Slides: tiles per model call (memory grows with it).")
     flags.DEFINE_string("shard", "", "i/n: only every n-th input from the i-th (from 0).")
+    flags.DEFINE_string(
+        "strategy", None, "tf.distribute strategy for tiles (auto: all local GPUs when there "
+        "are several; mirrored, one_device); default: none.",
+    )  # fmt: skip
     app.run(one_line_usage_errors(main))

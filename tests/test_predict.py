@@ -62,8 +62,9 @@ def test_axis_spans_cover_every_cell_once_with_receptive_field_overlap():
 
 def test_tiles_that_disagree_with_the_geometry_are_an_error():
     model, _ = local_model()
+    depth = model.backbone.embedding_dim
     coarse = dataclasses.replace(
-        StreamingModel.from_keras(model), embed=lambda images: np.zeros((1, 2, 2, 4), np.float32)
+        StreamingModel.from_keras(model), embed=lambda images: np.zeros((1, 2, 2, depth), "f4")
     )
     image = np.zeros((100, 100, 1), np.float32)
     with pytest.raises(RuntimeError, match="does not have receptive field 9, stride 8"):

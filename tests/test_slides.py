@@ -203,3 +203,43 @@ def test_predict_splits_a_cohort_of_slides_and_images_into_shards(tmp_path):
     assert bad.returncode != 0
     assert "slide.tif: --level=5, but the slide has levels 0 to 2" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+REPLICATED = """
+import json, sys
+from needles_tf import distribute
+distribute.split_logical_cpus(2)
+from needles_tf import predict
+from needles_tf.slides.inference import predict_slide
+found = {}
+for artefact in sys.argv[2:]:
+    for strategy in (None, "mirrored"):
+        model = predict.load_exported(artefact, strategy)
+        record = predict_slide(model, sys.argv[1], tile_size=128, batch_size=3, top_k=3)
+        found[f"{artefact} {strategy}"] = [record["probability"], record["top_regions"]]
+print(json.dumps(found))
+"""
+
+
+@pytest.mark.slow
+def test_tiles_split_across_replicas_give_the_single_device_answer(tmp_path):
+    """MirroredStrategy over two logical CPUs (GPUs on a real machine), both artefacts."""
+    model = random_model(head="embedding", pooling="attention")
+    model_config = tiny_bagnet_config(normalization="batch", head="embedding", pooling="attention")
+    config = ml_collections.ConfigDict({"model": model_config, "dataset": "nmnist/canvas_64"})
+    saved_model = export.export_model(model, config, tmp_path / "run", class_names=["present"])
+    write_slide(tmp_path / "slide.tif", half_glass())
+    result = subprocess.run(
+        [sys.executable, "-c", REPLICATED, str(tmp_path / "slide.tif"), str(saved_model),
+         str(tmp_path / "run" / "model.keras")],
+        capture_output=True, text=True, timeout=600,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+    for artefact in (saved_model, tmp_path / "run" / "model.keras"):
+        alone, replicated = found[f"{artefact} None"], found[f"{artefact} mirrored"]
+        assert replicated[0]["present"] == pytest.approx(alone[0]["present"], abs=1e-6)
+        for mine, theirs in zip(replicated[1]["regions"], alone[1]["regions"], strict=True):
+            # oneDNN's kernels differ with the batch size: attention's exp amplifies it
+            assert mine == {**theirs, "score": pytest.approx(theirs["score"], abs=1e-4)}

@@ -180,7 +180,7 @@ class AttentionMap(GridSaliencyMethod):
             peak = outputs["attention_peak"][:, None, None, :]
         else:
             peak = ops.max(grid, axis=(1, 2), keepdims=True)
-        return grid / ops.maximum(peak, 1e-12)
+        return ops.minimum(grid / ops.maximum(peak, 1e-12), 1.0)  # a piece's: rounding
 
 
 @register_saliency

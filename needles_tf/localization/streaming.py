@@ -70,6 +70,14 @@ class StreamingModel:
     merge_states: Callable
     finish: Callable
     served_maps: Callable
+    # pixels -> (states, maps) in one call, e.g. split across GPUs (distribute.replicated)
+    tile_pass: Callable | None = None
+
+    def run_tiles(self, pixels):
+        """(B, height, width, C) pixels -> (states (B, S), maps (B, h, w, M))."""
+        if self.tile_pass is not None:
+            return self.tile_pass(pixels)
+        return self.tile_state(self.embed(pixels))
 
     @classmethod
     def from_keras(cls, model: keras.Model) -> StreamingModel:
@@ -104,11 +112,11 @@ class StreamingModel:
         import tensorflow as tf
 
         def tile_state(grid):
-            outputs = loaded.tile_state(tf.constant(grid))
+            outputs = loaded.tile_state(tf.convert_to_tensor(grid))
             return outputs["state"], outputs["maps"]
 
         return cls(
-            embed=lambda images: loaded.features(tf.constant(images))["embedding"],
+            embed=lambda images: loaded.features(tf.convert_to_tensor(images))["embedding"],
             tile_state=tile_state,
             merge_states=lambda a, b: loaded.merge_states(a, b)["state"],
             finish=lambda state: loaded.finish(state),
@@ -128,9 +136,8 @@ class PooledStream:
 
     def add(self, batch: list[Tile], pixels: np.ndarray) -> np.ndarray:
         """(B, height, width, C) pixels of `batch` -> their maps, (B, h, w, M) numpy."""
-        grid = self.model.embed(pixels)
-        check_tile_grid(grid, batch[0].rows, batch[0].columns, *self.geometry)
-        states, maps = self.model.tile_state(grid)
+        states, maps = self.model.run_tiles(pixels)
+        check_tile_grid(maps, batch[0].rows, batch[0].columns, *self.geometry)
         states = np.asarray(states)
         for row in range(len(batch)):
             piece = states[row : row + 1]
