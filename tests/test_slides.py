@@ -142,20 +142,21 @@ def test_a_pyramid_halves_down_to_one_tile(tmp_path):
     assert levels[-1].read_rows(0, 150).min() == 200
 
 
-def test_a_crash_leaves_no_output(tmp_path, exported_model, monkeypatch):
-    write_slide(tmp_path / "slide.tif", tissue_everywhere())
-    calls = []
-
-    def failing_unit(self, maps):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt  # Ctrl-C while the heatmap is being finished
-        return original(self, maps)
-
+@pytest.mark.parametrize("stage", ["add", "served"])
+def test_a_crash_leaves_no_output(tmp_path, exported_model, monkeypatch, stage):
+    """Ctrl-C while tiles stream in (add) or while the heatmap is finished (served)."""
     from needles_tf.localization.streaming import PooledStream
 
-    original = PooledStream.served
-    monkeypatch.setattr(PooledStream, "served", failing_unit)
+    write_slide(tmp_path / "slide.tif", tissue_everywhere())
+    original, calls = getattr(PooledStream, stage), []
+
+    def interrupted(self, *args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return original(self, *args)
+
+    monkeypatch.setattr(PooledStream, stage, interrupted)
     monkeypatch.setattr(heatmap_lib, "TIFF_TILE", 32)  # several bands
     with pytest.raises(KeyboardInterrupt):
         predict_slide(exported_model, tmp_path / "slide.tif", tmp_path / "out", tile_size=128)

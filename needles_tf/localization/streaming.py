@@ -132,7 +132,6 @@ class PooledStream:
     def __init__(self, model: StreamingModel, receptive_field: int, stride: int):
         self.model, self.geometry = model, (receptive_field, stride)
         self.state = None
-        self.tiles = 0
 
     def add(self, batch: list[Tile], pixels: np.ndarray) -> np.ndarray:
         """(B, height, width, C) pixels of `batch` -> their maps, (B, h, w, M) numpy."""
@@ -142,7 +141,6 @@ class PooledStream:
         for row in range(len(batch)):
             piece = states[row : row + 1]
             self.state = piece if self.state is None else self.model.merge_states(self.state, piece)
-        self.tiles += len(batch)
         return np.asarray(maps)
 
     def finish(self) -> np.ndarray:

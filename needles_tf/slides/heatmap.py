@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 
@@ -115,14 +116,17 @@ class HeatmapWriter:
     uint8, zero on glass and where no tile was read, and hands each band to `on_band`.
     """
 
-    def __init__(self, grid_shape: tuple[int, int], channels: int, folder: pathlib.Path):
+    def __init__(self, grid_shape: tuple[int, int], folder: pathlib.Path):
         self._folder = pathlib.Path(tempfile.mkdtemp(prefix=".heatmap-", dir=folder))
         self.grid_shape = grid_shape
-        self._maps = RawGrid(self._folder / "maps.raw", (*grid_shape, channels + 1), np.float32)
+        self._maps: RawGrid | None = None  # made at the first tile, whose maps give M
 
     def add(self, cells: tuple[slice, slice], maps: np.ndarray, tissue: np.ndarray) -> None:
         """A tile's (h, w, M) maps at its grid `cells`; `tissue` (h, w) bool: the cells
         to show (the rest, glass, stays zero)."""
+        if self._maps is None:
+            shape = (*self.grid_shape, maps.shape[-1] + 1)
+            self._maps = RawGrid(self._folder / "maps.raw", shape, np.float32)
         shown = tissue[..., None].astype(np.float32)
         self._maps.write(cells[0].start, cells[1].start, np.concatenate([maps, shown], axis=-1))
 
@@ -155,7 +159,7 @@ class HeatmapWriter:
         return self._coarsest
 
     def close(self) -> None:
-        import shutil
-
-        self._maps.close()
+        """Removes the raw files."""
+        if self._maps is not None:
+            self._maps.close()
         shutil.rmtree(self._folder, ignore_errors=True)

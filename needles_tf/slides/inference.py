@@ -123,7 +123,6 @@ def predict_slide(
     """
     path = pathlib.Path(path)
     receptive_field, stride = model.geometry
-    names = model.metadata["class_names"]
     with Slide(path, level, mpp) as slide, tempfile.TemporaryDirectory() as scratch:
         tile_list, grid_shape = tiles(*slide.shape, tile_size, receptive_field, stride)
         thumbnail = slide.thumbnail()
@@ -134,73 +133,74 @@ def predict_slide(
                 f"{path}: no tissue found (--tissue_threshold={tissue_threshold}); "
                 "expected a slide with tissue darker than its glass."
             )
-        stream = PooledStream(model.streaming, receptive_field, stride)
-        heatmap = None
-        bar = keras.utils.Progbar(len(kept), unit_name="tile") if progress else None
-        batches = same_size_batches(kept, batch_size)
-        for batch, pixels in read_ahead(slide, batches):
-            maps = stream.add(batch, pixels)
-            if heatmap is None:
-                folder = pathlib.Path(out_dir) if out_dir else pathlib.Path(scratch)
-                folder.mkdir(parents=True, exist_ok=True)
-                heatmap = HeatmapWriter(grid_shape, maps.shape[-1], folder)
-            for tile, tile_maps in zip(batch, maps, strict=True):
-                heatmap.add(
-                    tile.cells,
-                    tile_maps,
-                    cell_tissue(tile, mask, slide.shape, receptive_field, stride),
-                )
-            if bar is not None:
-                bar.add(len(batch))
-        probability = stream.finish()
-        best = int(np.argmax(probability))
-        regions = TopRegions(top_k, math.ceil(receptive_field / stride))
-        downsample = slide.resolution.downsample
-        record = {
-            "image": str(path),
-            "height": slide.shape[0],
-            "width": slide.shape[1],
-            "level": slide.resolution.level,
-            "downsample": downsample,
-            "mpp": slide.mpp,
-            "tiles": len(tile_list),
-            "tissue_tiles": len(kept),
-            "probability": dict(zip(names, map(float, probability), strict=True)),
-        }
+        folder = pathlib.Path(out_dir or scratch)
+        folder.mkdir(parents=True, exist_ok=True)
+        heatmap = HeatmapWriter(grid_shape, folder)  # raw files beside the outputs
         try:
-            with contextlib.ExitStack() as outputs:
-                out = pathlib.Path(out_dir) if out_dir else None
-                if out is not None:  # renamed in reverse: the JSON last
-                    json_path = outputs.enter_context(atomic_path(out / f"{path.stem}.json"))
-                    tiff_path = outputs.enter_context(atomic_path(out / f"{path.stem}_heatmap.tif"))
-                    png_path = outputs.enter_context(
-                        atomic_path(out / f"{path.stem}_thumbnail.png")
-                    )
-                else:
-                    tiff_path = pathlib.Path(scratch) / "heatmap.tif"
-                heatmap.finish(
-                    tiff_path,
-                    unit=lambda band: stream.served(band)["saliency_unit"],
-                    on_band=lambda top, values: regions.add(top, values[..., best]),
-                    microns_per_pixel=None if slide.mpp is None else slide.mpp * stride,
-                )
-                top = [
-                    _region(score, row, column, receptive_field, stride, downsample)
-                    for score, row, column in regions.best()
-                ]
-                record["top_regions"] = {"class": names[best], "regions": top}
-                record["max_saliency"] = _peak(top, downsample)
-                if out is not None:
-                    record["heatmap"] = str(out / f"{path.stem}_heatmap.tif")
-                    record["heatmap_levels"] = [list(s[:2]) for s in heatmap.levels]
-                    record["thumbnail"] = str(out / f"{path.stem}_thumbnail.png")
-                    record["heatmap_geometry"] = _geometry(receptive_field, stride, downsample)
-                    _thumbnail(png_path, thumbnail, heatmap, best, top, slide, stride)
-                    json_path.write_text(json.dumps(record, indent=2))
+            stream = PooledStream(model.streaming, receptive_field, stride)
+            bar = keras.utils.Progbar(len(kept), unit_name="tile") if progress else None
+            for batch, pixels in read_ahead(slide, same_size_batches(kept, batch_size)):
+                maps = stream.add(batch, pixels)
+                for tile, tile_maps in zip(batch, maps, strict=True):
+                    tissue = cell_tissue(tile, mask, slide.shape, receptive_field, stride)
+                    heatmap.add(tile.cells, tile_maps, tissue)
+                if bar is not None:
+                    bar.add(len(batch))
+            probability = stream.finish()
+            record = {
+                "image": str(path),
+                "height": slide.shape[0],
+                "width": slide.shape[1],
+                "level": slide.resolution.level,
+                "downsample": slide.resolution.downsample,
+                "mpp": slide.mpp,
+                "tiles": len(tile_list),
+                "tissue_tiles": len(kept),
+                "probability": dict(
+                    zip(model.metadata["class_names"], map(float, probability), strict=True)
+                ),
+            }
+            _finish(record, stream, heatmap, slide, thumbnail, model, top_k, out_dir, scratch)
         finally:
-            if heatmap is not None:
-                heatmap.close()
+            heatmap.close()
     return record
+
+
+def _finish(record, stream, heatmap, slide, thumbnail, model, top_k, out_dir, scratch) -> None:
+    """The heatmap's pyramid and the top regions from the merged state; with `out_dir`,
+    the three outputs, renamed into place together (the JSON last)."""
+    receptive_field, stride = model.geometry
+    names = model.metadata["class_names"]
+    best = names.index(max(record["probability"], key=record["probability"].get))
+    downsample = slide.resolution.downsample
+    regions = TopRegions(top_k, math.ceil(receptive_field / stride))
+    with contextlib.ExitStack() as outputs:
+        out = pathlib.Path(out_dir) if out_dir else None
+        if out is not None:  # renamed in reverse order of entry: the JSON last
+            json_path = outputs.enter_context(atomic_path(out / f"{slide.path.stem}.json"))
+            tiff_path = outputs.enter_context(atomic_path(out / f"{slide.path.stem}_heatmap.tif"))
+            png_path = outputs.enter_context(atomic_path(out / f"{slide.path.stem}_thumbnail.png"))
+        else:
+            tiff_path = pathlib.Path(scratch) / "heatmap.tif"
+        heatmap.finish(
+            tiff_path,
+            unit=lambda band: stream.served(band)["saliency_unit"],
+            on_band=lambda top, values: regions.add(top, values[..., best]),
+            microns_per_pixel=None if slide.mpp is None else slide.mpp * stride,
+        )
+        top = [
+            _region(score, row, column, receptive_field, stride, downsample)
+            for score, row, column in regions.best()
+        ]
+        record["top_regions"] = {"class": names[best], "regions": top}
+        record["max_saliency"] = _peak(top, downsample)
+        if out is not None:
+            record["heatmap"] = str(out / f"{slide.path.stem}_heatmap.tif")
+            record["heatmap_levels"] = [list(shape[:2]) for shape in heatmap.levels]
+            record["thumbnail"] = str(out / f"{slide.path.stem}_thumbnail.png")
+            record["heatmap_geometry"] = _geometry(receptive_field, stride, downsample)
+            _thumbnail(png_path, thumbnail, heatmap, best, top, slide, stride)
+            json_path.write_text(json.dumps(record, indent=2))
 
 
 def _region(score, row, column, receptive_field, stride, downsample) -> dict[str, Any]:
