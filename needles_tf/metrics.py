@@ -159,14 +159,33 @@ def pixel_average_precision(saliency_maps: list[np.ndarray], masks: list[np.ndar
     as WSOL benchmarks ensure by scaling each to [0, 1]: give the unit maps of
     needles_tf.localization.methods.
     """
-    scores, truths = [], []
+    positives, negatives = [], []
     for saliency, mask in zip(saliency_maps, masks, strict=True):
-        scores.append(np.asarray(saliency).ravel())
-        truths.append(np.asarray(mask).ravel() > 0)
-    truth = np.concatenate(truths)
-    if not truth.any():
+        saliency, truth = np.asarray(saliency, np.float32), np.asarray(mask) > 0
+        positives.append(saliency[truth])
+        negatives.append(saliency[~truth])
+    return average_precision(np.concatenate(positives), np.concatenate(negatives))
+
+
+def average_precision(positives: np.ndarray, negatives: np.ndarray) -> float:
+    """Σ (R_n - R_{n-1}) P_n over the score thresholds, as scikit-learn's
+    average_precision_score, from the positives' and the negatives' scores.
+
+    Recall changes only at the positives' distinct scores t, so AP is the mean over
+    positives of the precision at their score: TP(t) / (TP(t) + FP(t)), with TP and FP
+    the scores >= t, counted by binary search in the sorted scores. Memory is that of
+    the scores, not the several int64 and float64 copies of every pixel a general
+    precision-recall curve takes (16 GB for the 265 million pixels of canvas_256's
+    test split).
+    """
+    if positives.size == 0:
         return float("nan")
-    return float(sk_metrics.average_precision_score(truth, np.concatenate(scores)))
+    positives, negatives = np.sort(positives), np.sort(negatives)
+    thresholds, counts = np.unique(positives, return_counts=True)
+    true_positives = positives.size - np.searchsorted(positives, thresholds, side="left")
+    false_positives = negatives.size - np.searchsorted(negatives, thresholds, side="left")
+    precision = true_positives / (true_positives + false_positives)
+    return float(np.sum(counts * precision) / positives.size)
 
 
 def pointing_hits(

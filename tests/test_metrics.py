@@ -98,3 +98,17 @@ def test_undefined_metrics_are_null_with_a_reason_in_strict_json():
     ]  # fmt: skip
     assert "one class only" in cleaned["undefined"]["auc.mean"]
     assert "undefined" not in metrics.strict_json_metrics({"accuracy": 0.5})
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_average_precision_equals_scikit_learns_with_ties(seed):
+    from sklearn.metrics import average_precision_score
+
+    rng = np.random.default_rng(seed)
+    scores = rng.integers(0, 20, 5000).astype(np.float32) / 19  # many ties, as in unit maps
+    truth = rng.random(5000) < 0.05 + 0.3 * scores
+    expected = average_precision_score(truth, scores)
+    assert metrics.average_precision(scores[truth], scores[~truth]) == pytest.approx(expected)
+    masks = np.split(truth.reshape(50, 10, 10), 5)
+    maps = np.split(scores.reshape(50, 10, 10), 5)
+    assert metrics.pixel_average_precision(maps, masks) == pytest.approx(expected)
