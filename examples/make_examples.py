@@ -3,8 +3,8 @@ r"""Regenerate the example images from the MNIST files: nMNIST canvases to try t
     python examples/make_examples.py --mnist_dir=../shared/data/mnist [--out_dir=examples]
 
 Writes canvases of digits from MNIST's test set (never seen in training): one with a
-single 3 (`*_positive.png`) and one without (`*_negative.png`) at 64², 256² and 1024²,
-with the clutter of the nMNIST builder's configs (2, 25 and 400 other digits,
+single 3 (`*_positive.png`) and one without (`*_negative.png`) at 64², 128², 256² and
+1024², with the clutter of the nMNIST builder's configs (2, 5, 25 and 400 other digits,
 Pawlowski et al. 2019 App. A.1), and a 4096² mosaic of 4,096 digits, one per 64-pixel
 cell at a random offset, a single one of them a 3 (O2I 0.005%). Unlike the dataset's
 canvases, digits here never overlap, so that a person can check every answer by eye.
@@ -31,6 +31,7 @@ _OUT_DIR = flags.DEFINE_string("out_dir", str(pathlib.Path(__file__).parent), "W
 _SEED = flags.DEFINE_integer("seed", 2026, "Seed of the digits' choice and placement.")
 
 CANVASES = (64, 256, 1024)
+LATER_CANVASES = (128,)  # drawn after the mosaic, so that the first images stay as they were
 MOSAIC, MOSAIC_CELL = 4096, 64
 DIGIT = synthesis.DIGIT_SIZE
 
@@ -103,11 +104,17 @@ def mosaic(pool, rng) -> Canvas:
 def examples(pool: synthesis.DigitPool, seed: int):
     """(file name, Canvas) pairs."""
     rng = np.random.default_rng(seed)
-    for size in CANVASES:
-        yield f"canvas{size}_positive.png", scattered(size, CANVAS_CLUTTER[size], True, pool, rng)
-        clutter = CANVAS_CLUTTER[size] + 1  # as many digits as the positive
-        yield f"canvas{size}_negative.png", scattered(size, clutter, False, pool, rng)
+    yield from pair_of_canvases(CANVASES, pool, rng)
     yield f"mosaic{MOSAIC}_one_3.png", mosaic(pool, rng)
+    yield from pair_of_canvases(LATER_CANVASES, pool, rng)
+
+
+def pair_of_canvases(sizes, pool, rng):
+    """A positive and a negative canvas of each size, with the same number of digits."""
+    for size in sizes:
+        yield f"canvas{size}_positive.png", scattered(size, CANVAS_CLUTTER[size], True, pool, rng)
+        clutter = CANVAS_CLUTTER[size] + 1
+        yield f"canvas{size}_negative.png", scattered(size, clutter, False, pool, rng)
 
 
 def main(argv: list[str]) -> None:

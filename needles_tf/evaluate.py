@@ -341,6 +341,7 @@ def _localization(raw, unit, boxes, masks, taus, alpha, counts) -> dict[str, Any
                 np.stack([needle for needle, _ in histograms]),
                 np.stack([background for _, background in histograms]),
                 counts,
+                exact=result["pxap"],
             )
     else:
         result["pxap"] = "skipped: the dataset has no needle_mask or lesion_mask feature"

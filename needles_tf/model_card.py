@@ -49,7 +49,7 @@ def render(name: str, folder: pathlib.Path, recipe: packaged.PackagedModel) -> s
         _metrics(main, extra, recipe),
         _calibration(main),
         _speed(speed, name),
-        _limitations(main, extra, recipe),
+        _limitations(main, extra, recipe, metadata["saliency"]),
     ]
     return "\n\n".join(section.strip() for section in sections) + "\n"
 
@@ -100,7 +100,8 @@ python -m needles_tf.evaluate --model={name}   # the test metrics below, with th
 ```python
 import needles_tf
 
-model = needles_tf.models.load("{name}")  # a Keras model; model(images)["probability"]
+# a Keras model; model(images)["probability"]
+model = needles_tf.models.load("{name}")
 ```
 
 The SavedModel in `1/` is plain TensorFlow (it loads without needles_tf) and has TF
@@ -234,13 +235,16 @@ def _o2i(dataset: str) -> str:
     return f"{100 * MNIST_DIGIT**2 / int(found.group(1)) ** 2:.1f}%"
 
 
-def _limitations(main: dict, extra: dict, recipe: packaged.PackagedModel) -> str:
+def _limitations(main: dict, extra: dict, recipe: packaged.PackagedModel, own: str) -> str:
     lines = [
         "## Limitations",
         "",
         f"- Trained for one object-to-image ratio: {main['dataset']}, O2I "
         f"{_o2i(main['dataset'])} (a 28x28 digit in the canvas).",
     ]
+    better = _better_localizer(main, own)
+    if better:
+        lines.append(better)
     other = {label: values for label, values in extra.items() if recipe.evaluations[label].dataset}
     if other:
         own = main["classification"]["accuracy"]
@@ -269,6 +273,22 @@ def _limitations(main: dict, extra: dict, recipe: packaged.PackagedModel) -> str
         "receptive field, not its outline.",
     ]
     return "\n".join(lines)
+
+
+def _better_localizer(main: dict, own: str) -> str:
+    """A line naming the method that finds the needle better than the served map, if one
+    does (by localization AP on the whole test split); "" otherwise."""
+    scores = {method: values["localization_ap"] for method, values in main["localization"].items()}
+    best = max(scores, key=lambda method: scores[method] if scores[method] is not None else -1)
+    if best == own or scores.get(own) is None or scores[best] is None:
+        return ""
+    pointing = {method: main["localization"][method]["pointing_game"] for method in (own, best)}
+    return (
+        f"- The served map (`{own}`) is not the best localizer of this model: `{best}` ranks "
+        f"needles better (localization AP {scores[best]:.4f} against {scores[own]:.4f}, "
+        f"pointing game {_value(pointing[best])} against {_value(pointing[own])}), "
+        f"as `evaluate --saliency={best}` measures it."
+    )
 
 
 def packaged_table() -> str:

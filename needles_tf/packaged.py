@@ -90,6 +90,20 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
             "sparse_inversion": sparse_inversion_on_first(200),
         },
     ),
+    "nmnist_canvas128_multires_lse_lba": PackagedModel(
+        summary="Is there a 3 among the digits of a 128x128 nMNIST canvas (O2I 4.8%)? The "
+        "multi-resolution model of Yao et al. 2018 (width 1/4), instance head, LSE-LBA "
+        "pooling (r0 = 5); saliency: the instance probability map at stride 8.",
+        train=(
+            "python -m needles_tf.train --config=multires --preset=cpu_canvas128 "
+            f"--model_dir=runs/c128_multires {MNIST}",
+        ),
+        run="runs/c128_multires",
+        evaluations={
+            "": Evaluation(saliency=("instance", "gradient")),
+            "sparse_inversion": sparse_inversion_on_first(1000),
+        },
+    ),
 }
 
 

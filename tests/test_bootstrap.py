@@ -71,6 +71,24 @@ def test_pxap_of_binned_maps_is_scikit_learns_average_precision():
     )
 
 
+def test_pxap_interval_of_saturated_maps_covers_the_exact_estimate():
+    """Maps crowded into the top bin (a saturated instance map): the binned PxAP is off,
+    the interval shifted to the exact one covers it."""
+    maps = [1.0 - RNG.random((8, 8)) * 1e-4 for _ in range(200)]  # all in the top bin
+    masks = [RNG.random((8, 8)) < 0.2 for _ in range(200)]
+    for saliency, mask in zip(maps, masks, strict=True):
+        saliency[mask] += 5e-5 * RNG.random(mask.sum())  # needles rank higher, within the bin
+    histograms = [bootstrap.pixel_histograms(m, k) for m, k in zip(maps, masks, strict=True)]
+    needle = np.stack([h[0] for h in histograms])
+    background = np.stack([h[1] for h in histograms])
+    exact = metrics.pixel_average_precision(maps, masks)
+    counts = bootstrap.resample_counts(200)
+    low, high = bootstrap.pxap_interval(needle, background, counts)
+    assert not low <= exact <= high  # what binning alone gave
+    low, high = bootstrap.pxap_interval(needle, background, counts, exact=exact)
+    assert low <= exact <= high
+
+
 def test_intervals_cover_the_estimate_and_shrink_with_more_images():
     def width(n: int) -> float:
         correct = (np.arange(n) % 4 != 0).astype(float)  # accuracy 0.75

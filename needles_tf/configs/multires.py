@@ -19,8 +19,8 @@ PRESETS = {
     # A laptop CPU: fewer epochs, narrower; the architecture and recipe unchanged.
     "cpu_quick": {"model.width": 0.25, "model.growth_rate": 8, "epochs": 10, "batch_size": 8},
     # nMNIST canvas_128 (O2I 4.8%, one class) on 2 cores: cpu_quick's model on the whole
-    # training split, no warps (the needle must stay a 3), batches of 16. The recipe of a
-    # packaged multi-resolution model, not yet trained (needles_tf/packaged.py lists it then).
+    # training split, no warps (the needle must stay a 3), batches of 16. The recipe of the
+    # packaged nmnist_canvas128_multires_lse_lba (needles_tf/packaged.py).
     "cpu_canvas128": {
         "dataset": "nmnist/canvas_128",
         "model.num_classes": 1,
