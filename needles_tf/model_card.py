@@ -235,14 +235,14 @@ def _o2i(dataset: str) -> str:
     return f"{100 * MNIST_DIGIT**2 / int(found.group(1)) ** 2:.1f}%"
 
 
-def _limitations(main: dict, extra: dict, recipe: packaged.PackagedModel, own: str) -> str:
+def _limitations(main: dict, extra: dict, recipe: packaged.PackagedModel, served: str) -> str:
     lines = [
         "## Limitations",
         "",
         f"- Trained for one object-to-image ratio: {main['dataset']}, O2I "
         f"{_o2i(main['dataset'])} (a 28x28 digit in the canvas).",
     ]
-    better = _better_localizer(main, own)
+    better = _better_localizer(main, served)
     if better:
         lines.append(better)
     other = {label: values for label, values in extra.items() if recipe.evaluations[label].dataset}
