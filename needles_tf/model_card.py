@@ -275,19 +275,24 @@ def _limitations(main: dict, extra: dict, recipe: packaged.PackagedModel, served
     return "\n".join(lines)
 
 
-def _better_localizer(main: dict, own: str) -> str:
+def _better_localizer(main: dict, served: str) -> str:
     """A line naming the method that finds the needle better than the served map, if one
     does (by localization AP on the whole test split); "" otherwise."""
-    scores = {method: values["localization_ap"] for method, values in main["localization"].items()}
-    best = max(scores, key=lambda method: scores[method] if scores[method] is not None else -1)
-    if best == own or scores.get(own) is None or scores[best] is None:
+    localization = main["localization"]
+    scores = {
+        method: values["localization_ap"]
+        for method, values in localization.items()
+        if isinstance(values["localization_ap"], float)  # not "undefined: ..."
+    }
+    best = max(scores, key=scores.get, default=served)
+    if served not in scores or best == served:
         return ""
-    pointing = {method: main["localization"][method]["pointing_game"] for method in (own, best)}
     return (
-        f"- The served map (`{own}`) is not the best localizer of this model: `{best}` ranks "
-        f"needles better (localization AP {scores[best]:.4f} against {scores[own]:.4f}, "
-        f"pointing game {_value(pointing[best])} against {_value(pointing[own])}), "
-        f"as `evaluate --saliency={best}` measures it."
+        f"- The served map (`{served}`) is not the best localizer of this model: `{best}` "
+        f"ranks needles better (localization AP {scores[best]:.4f} against "
+        f"{scores[served]:.4f}, pointing game {_value(localization[best]['pointing_game'])} "
+        f"against {_value(localization[served]['pointing_game'])}), as "
+        f"`evaluate --saliency={best}` measures it."
     )
 
 
