@@ -126,7 +126,12 @@ def write_slide(path: pathlib.Path, layout: SlideLayout) -> None:
 
 
 def run_predict(slide: pathlib.Path, out_dir: pathlib.Path) -> tuple[float, int, dict]:
-    """Wall seconds, peak resident kB of the predict process, and its JSON record."""
+    """Wall seconds, peak resident kB of the predict process, and its JSON record.
+
+    The peak is the process's own VmHWM, polled: the ru_maxrss that wait4 returns
+    would include this parent's resident memory, which the child shares until exec
+    (the slides are written here, gigabytes for the large ones).
+    """
     command = [
         sys.executable, "-m", "needles_tf.predict", f"--model={_MODEL.value}",
         f"--out_dir={out_dir}", f"--tile_size={_TILE_SIZE.value}",
@@ -136,12 +141,27 @@ def run_predict(slide: pathlib.Path, out_dir: pathlib.Path) -> tuple[float, int,
     process = subprocess.Popen(
         command, stdout=subprocess.DEVNULL, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     )
-    _, status, usage = os.wait4(process.pid, 0)
+    peak_kb = 0
+    while process.poll() is None:
+        peak_kb = max(peak_kb, high_water_kb(process.pid))
+        time.sleep(0.1)
     seconds = time.perf_counter() - start
-    if status != 0:
-        raise app.UsageError(f"predict failed on {slide} (status {status}).")
+    if process.returncode != 0:
+        raise app.UsageError(f"predict failed on {slide} (status {process.returncode}).")
     record = json.loads((out_dir / f"{slide.stem}.json").read_text())
-    return seconds, usage.ru_maxrss, record
+    return seconds, peak_kb, record
+
+
+def high_water_kb(pid: int) -> int:
+    """The peak resident memory of process `pid` so far (0 once it has gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
 def found(box: tuple[int, int, int, int], regions: list[dict]) -> bool:

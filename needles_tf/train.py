@@ -38,11 +38,13 @@ from needles_tf.checkpointing import CheckpointManager, writable_directory
 from needles_tf.cli import one_line_usage_errors
 from needles_tf.data import pipeline, targets
 from needles_tf.layers.pooling import POOLINGS
+from needles_tf.localization.pseudo_labels import SeedCounts
 from needles_tf.metrics import strict_json_metrics
 from needles_tf.models.backbone import BACKBONES
 from needles_tf.models.bagnet import THREE_BY_THREE_BLOCKS
 from needles_tf.models.factory import build_model
 from needles_tf.models.heads import HEADS
+from needles_tf.pixelcam_training import PixelCAMTraining, initialize_from_teacher, load_teacher
 from needles_tf.precise_bn import PreciseBatchNorm, batch_norm_layers
 from needles_tf.precision import POLICIES as PRECISIONS
 from needles_tf.precision import resolve_dtype_policy
@@ -291,6 +293,15 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             "0 (per epoch only) or more",
         ),
     ]
+    if model.get("pixel_head", ""):
+        checks.append(
+            (
+                config.get("backprop", "dense") == "dense",
+                "--backprop",
+                config.get("backprop"),
+                "'dense' with a pixel head (its loss reaches every position)",
+            )
+        )
     if model.extractor == "bagnet":
         checks.append(
             (
@@ -362,7 +373,9 @@ def compile_for_training(inference: keras.Model, config, steps_per_epoch: int) -
     flows only through the grid cells the pooled value depends on.
     """
     classes = config.model.num_classes
-    if config.get("backprop", "dense") == "sparse":
+    if config.model.get("pixel_head", ""):
+        training = _pixelcam_training(inference, config)
+    elif config.get("backprop", "dense") == "sparse":
         training = SparseBackprop(
             inference,
             config.get("sparse_top_k", 0),
@@ -385,6 +398,24 @@ def compile_for_training(inference: keras.Model, config, steps_per_epoch: int) -
         ],
     )
     return training
+
+
+def _pixelcam_training(inference: keras.Model, config) -> PixelCAMTraining:
+    """The PixelCAM view: the teacher of `config.pixelcam` gives the pixel seeds."""
+    pixelcam = config.pixelcam
+    counts = SeedCounts(
+        pixelcam.foreground_pixels, pixelcam.background_pixels, pixelcam.background_fraction
+    )
+    teacher = load_teacher(pixelcam.teacher)
+    return PixelCAMTraining(
+        inference,
+        teacher,
+        pixelcam.teacher_saliency,
+        counts,
+        pixelcam.weight,
+        config.seed,
+        name="training",
+    )
 
 
 def train(
@@ -474,6 +505,11 @@ def _train_locked(
         )
     elif config.get("init_from"):
         _initialize_from(inference, pathlib.Path(config.init_from))
+    elif isinstance(training, PixelCAMTraining):  # the paper's start: the teacher's weights
+        try:
+            initialize_from_teacher(inference, training.teacher, "--config.pixelcam.teacher")
+        except ValueError as error:
+            raise ConfigError(str(error)) from error
     if chief:
         write_config(config, model_dir)
     run_state = None

@@ -22,6 +22,7 @@ from test_streaming import random_model
 from needles_tf import export, predict
 from needles_tf.localization.streaming import StreamingModel, stream_image
 from needles_tf.slides import heatmap as heatmap_lib
+from needles_tf.slides import reader
 from needles_tf.slides.inference import TopRegions, predict_slide
 from needles_tf.slides.reader import Slide, SlideError, is_slide, tissue_mask
 
@@ -119,6 +120,29 @@ def test_levels_and_resolutions(tmp_path):
         Slide(tmp_path / "s.tif", level=3)
     with pytest.raises(SlideError, match=r"--mpp=0.1 is finer than the scan"):
         Slide(tmp_path / "s.tif", mpp=0.1)
+
+
+def test_the_thumbnail_is_read_in_bands_of_the_coarsest_level_that_fits(tmp_path, monkeypatch):
+    rows, columns = np.mgrid[0:600, 0:520]  # smooth: a band's rounding moves little
+    pixels = np.stack([rows // 5, columns // 5, (rows + columns) // 10], -1).astype(np.uint8)
+    write_slide(tmp_path / "s.tif", pixels, levels=3)  # 600x520, 300x260, 150x130
+    monkeypatch.setattr(reader, "THUMBNAIL_BAND", 64)
+    requests = []
+    with Slide(tmp_path / "s.tif") as slide:
+        read_region = slide._slide.read_region
+
+        def spy(location, level, size, **kwargs):
+            requests.append((level, size))
+            return read_region(location, level, size, **kwargs)
+
+        monkeypatch.setattr(slide._slide, "read_region", spy)
+        thumbnail = slide.thumbnail(side=200)  # 200x173: level 1 is the coarsest that has it
+
+    assert thumbnail.shape == (200, 173, 3) and thumbnail.dtype == np.uint8
+    assert {level for level, _ in requests} == {1}
+    assert max(rows for _, (_, rows) in requests) == 64
+    whole = np.asarray(Image.fromarray(pixels[::2, ::2]).resize((173, 200), Image.BOX))
+    assert np.abs(thumbnail.astype(int) - whole).max() <= 2  # the bands' seams only
 
 
 def test_what_counts_as_a_slide(tmp_path):

@@ -21,7 +21,7 @@ from typing import Any
 import ml_collections
 
 # Family name -> its module in this package.
-CONFIGS = ("nmnist", "ncamelyon", "multires")
+CONFIGS = ("nmnist", "ncamelyon", "multires", "pixelcam")
 DEFAULT = "nmnist"
 
 

@@ -22,8 +22,9 @@ import keras
 from keras import ops
 
 from needles_tf.localization.gradients import input_gradient
-from needles_tf.localization.upsample import saliency_to_input
+from needles_tf.localization.upsample import cells_to_input, saliency_to_input
 from needles_tf.models.heads import EmbeddingPoolingHead, InstancePoolingHead
+from needles_tf.models.pixelcam import PixelCAMHead
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,7 +123,8 @@ def served_grid(model: keras.Model, outputs: dict) -> dict:
 
 
 def _needs_head(model: keras.Model, head_class: type, method: str, head: str) -> None:
-    if not isinstance(model.head, head_class):
+    image_head = getattr(model.head, "image_head", model.head)  # under a pixel head
+    if not isinstance(image_head, head_class):
         raise ValueError(f"--saliency={method!r} needs a model with head={head!r}.")
 
 
@@ -181,6 +183,41 @@ class AttentionMap(GridSaliencyMethod):
         else:
             peak = ops.max(grid, axis=(1, 2), keepdims=True)
         return ops.minimum(grid / ops.maximum(peak, 1e-12), 1.0)  # a piece's: rounding
+
+
+@register_saliency
+class PixelCAMMap(GridSaliencyMethod):
+    """PixelCAM's foreground logits (Guichemerre et al., MIDL 2025), class-agnostic;
+    [0, 1] by a sigmoid, the foreground probability.
+
+    At input resolution the logits are placed by `cells_to_input` (bilinear from one
+    per cell, or sub-pixels) and then squashed, as the paper's softmax of upsampled
+    logits; on the grid (streaming, slide heatmaps, predict's peak) a cell holds the
+    largest of its logits.
+    """
+
+    name = "pixelcam"
+    output = "pixel_logits"
+
+    def check(self, model):
+        if not isinstance(model.head, PixelCAMHead):
+            raise ValueError(
+                "--saliency='pixelcam' needs a model with a PixelCAM head (--config=pixelcam)."
+            )
+
+    def grid(self, outputs: dict):
+        cells = ops.max(ops.cast(outputs[self.output], "float32"), axis=-1, keepdims=True)
+        return super().grid({**outputs, self.output: cells})
+
+    def unit_grid(self, grid, outputs=None):
+        return ops.sigmoid(grid)
+
+    def from_outputs(self, outputs: dict, height, width, geometry) -> SaliencyMaps:
+        raw = cells_to_input(outputs[self.output], height, width, *geometry)
+        shape = ops.shape(raw)
+        classes = ops.shape(outputs["probability"])[-1]
+        raw = ops.broadcast_to(raw, (shape[0], shape[1], shape[2], classes))
+        return SaliencyMaps(raw=raw, unit=ops.sigmoid(raw))
 
 
 @register_saliency

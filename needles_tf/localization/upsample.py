@@ -31,3 +31,30 @@ def saliency_to_input(grid, height, width, receptive_field: int, stride: int):
     wx = ops.reshape(wx, (1, 1, -1, 1))
     rows = ops.take(grid, top, axis=1) * (1.0 - wy) + ops.take(grid, bottom, axis=1) * wy
     return ops.take(rows, left, axis=2) * (1.0 - wx) + ops.take(rows, right, axis=2) * wx
+
+
+def subpixel_to_input(cells, height, width, receptive_field: int, stride: int):
+    """(B, h, w, stride²) -> (B, height, width, 1): each cell's values are the pixels of
+    the stride x stride block at the centre of its window (depth to space), row-major;
+    pixels beyond the outermost blocks take the nearest block's value."""
+    cells = ops.cast(cells, "float32")
+    shape = ops.shape(cells)
+    blocks = ops.reshape(cells, (shape[0], shape[1], shape[2], stride, stride))
+    fine = ops.reshape(
+        ops.transpose(blocks, (0, 1, 3, 2, 4)), (shape[0], shape[1] * stride, shape[2] * stride)
+    )
+    offset = (receptive_field - stride) // 2
+
+    def indices(pixels, size):
+        return ops.clip(ops.arange(pixels) - offset, 0, size - 1)
+
+    fine = ops.take(fine, indices(height, shape[1] * stride), axis=1)
+    return ops.take(fine, indices(width, shape[2] * stride), axis=2)[..., None]
+
+
+def cells_to_input(cells, height, width, receptive_field: int, stride: int):
+    """Per-cell values -> input resolution: one per cell bilinearly (`saliency_to_input`),
+    stride² per cell as sub-pixels (`subpixel_to_input`)."""
+    if cells.shape[-1] == stride * stride and stride > 1:
+        return subpixel_to_input(cells, height, width, receptive_field, stride)
+    return saliency_to_input(cells, height, width, receptive_field, stride)

@@ -12,6 +12,8 @@
   pooling, pooling_kwargs: a name in needles_tf.layers.pooling.POOLINGS and its
     arguments (e.g. {"r0": 5.0} for "lse_lba"),
   num_classes: K sigmoid outputs (1 for a binary task),
+  pixel_head: optional; "pixelcam" adds a foreground/background head next to the
+    image head (needles_tf/models/pixelcam.py),
   dtype_policy: Keras dtype policy of the backbone, e.g. "float32" or
     "mixed_bfloat16" (heads and pooling always compute in float32); "auto"
     takes bf16 only where it is measured faster (needles_tf/precision.py).
@@ -29,6 +31,7 @@ import ml_collections
 from needles_tf.models.backbone import get_backbone_class
 from needles_tf.models.classifier import ImagePreprocessing, NeedleClassifier
 from needles_tf.models.heads import get_head_class
+from needles_tf.models.pixelcam import get_pixel_head_class
 from needles_tf.precision import resolve_dtype_policy
 
 
@@ -45,8 +48,14 @@ def build_model(config) -> NeedleClassifier:
         dict(config.get("pooling_kwargs", None) or {}),
         name=f"{config.head}_head",
     )
+    backbone = backbone_class.from_model_config(config, dtype)
+    if config.get("pixel_head", ""):
+        pixel_head = config.pixel_head
+        head = get_pixel_head_class(pixel_head).for_backbone(
+            head, backbone, name=f"{pixel_head}_head"
+        )
     return NeedleClassifier(
-        backbone_class.from_model_config(config, dtype),
+        backbone,
         head,
         ImagePreprocessing(config.input_channels, dtype=dtype, name="preprocessing"),
         name=f"{config.extractor}_{config.head}_{config.pooling}",

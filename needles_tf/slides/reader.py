@@ -22,6 +22,7 @@ from skimage.filters import threshold_otsu
 SLIDE_SUFFIXES = (".svs", ".ndpi", ".scn", ".bif", ".tif", ".tiff")
 GLASS_GREY = 0.8  # grey level (0 to 1) above which an unstained pixel is glass
 THUMBNAIL_SIDE = 2048  # pixels: the tissue mask and the overlay are computed at this size
+THUMBNAIL_BAND = 1024  # rows of the level read at a time for the thumbnail
 
 
 class SlideError(ValueError):
@@ -130,11 +131,33 @@ class Slide:
         return region[:height, :width]
 
     def thumbnail(self, side: int = THUMBNAIL_SIDE) -> np.ndarray:
-        """The slide at most `side` pixels on its longer side, (h, w, 3) uint8 RGB."""
+        """The slide at most `side` pixels on its longer side, (h, w, 3) uint8 RGB.
+
+        Read from the coarsest level that has at least those pixels, in bands of rows,
+        each shrunk as it comes: tiffslide's get_thumbnail reads that level whole (level
+        0 of a slide without a level near the thumbnail's size: 3 GB for 32,768²)."""
         height, width = self.shape
         factor = max(height, width) / side
-        size = (max(1, round(width / factor)), max(1, round(height / factor)))
-        return _rgb(np.asarray(self._slide.get_thumbnail(size)))
+        size = (max(1, round(width / factor)), max(1, round(height / factor)))  # (w, h)
+        fits = [i for i, (h, w) in enumerate(self.level_shapes) if h >= size[1] and w >= size[0]]
+        level = max(fits) if fits else 0
+        level_height, level_width = self.level_shapes[level]
+        downsample = self.level_downsamples[level]
+        thumbnail = np.empty((size[1], size[0], 3), np.uint8)
+        for top in range(0, level_height, THUMBNAIL_BAND):
+            bottom = min(top + THUMBNAIL_BAND, level_height)
+            first, last = (round(row * size[1] / level_height) for row in (top, bottom))
+            if last == first:
+                continue
+            location = (0, round(top * downsample))
+            band = self._slide.read_region(
+                location, level, (level_width, bottom - top), as_array=True
+            )
+            shrunk = Image.fromarray(_rgb(np.asarray(band))).resize(
+                (size[0], last - first), Image.BOX
+            )
+            thumbnail[first:last] = np.asarray(shrunk)
+        return thumbnail
 
     def close(self) -> None:
         self._slide.close()
