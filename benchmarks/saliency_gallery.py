@@ -52,8 +52,9 @@ def main(argv: list[str]) -> None:
     negative = np.flatnonzero(labels[:, 0] <= 0.5)[: _NEGATIVES.value]
     rows = np.concatenate([positive, negative])
     images, boxes = images[rows].astype(np.float32), boxes[rows]
-    maps = saliency_batch(model, images, methods)
-    probability = np.asarray(model.predict_on_batch(images)["probability"])[:, 0]
+    outputs = model.predict_on_batch(images)
+    maps = saliency_batch(model, images, methods, outputs=outputs)
+    probability = np.asarray(outputs["probability"])[:, 0]
 
     columns = 1 + len(methods)
     figure, axes = plt.subplots(

@@ -38,9 +38,9 @@ def load_teacher(teacher: str, flag: str = "--config.pixelcam.teacher") -> keras
         model, _ = runs.load_run(pathlib.Path(teacher))
     else:
         try:
-            model = models.load(teacher)
+            model = models.load(teacher, flag)
         except FileNotFoundError as error:
-            raise ValueError(str(error).replace("model=", f"{flag}=", 1)) from error
+            raise ValueError(str(error)) from error
     return model
 
 

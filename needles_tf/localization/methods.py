@@ -213,10 +213,8 @@ class PixelCAMMap(GridSaliencyMethod):
         return ops.sigmoid(grid)
 
     def from_outputs(self, outputs: dict, height, width, geometry) -> SaliencyMaps:
-        raw = cells_to_input(outputs[self.output], height, width, *geometry)
-        shape = ops.shape(raw)
-        classes = ops.shape(outputs["probability"])[-1]
-        raw = ops.broadcast_to(raw, (shape[0], shape[1], shape[2], classes))
+        fine = cells_to_input(outputs[self.output], height, width, *geometry)
+        raw = super().grid({**outputs, self.output: fine})  # broadcast to the classes
         return SaliencyMaps(raw=raw, unit=ops.sigmoid(raw))
 
 

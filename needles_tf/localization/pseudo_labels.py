@@ -84,9 +84,7 @@ def sample_seeds(
     # the lowest `background_fraction` of the pixels, with every pixel tied with the last
     ordered = ops.sort(flat, axis=1)
     last = ops.cast(ops.ceil(counts.background_fraction * ops.cast(pixels, "float32")), "int32")
-    threshold = ops.take_along_axis(
-        ordered, ops.reshape(last - 1, (1, 1)) + ops.zeros((batch, 1), "int32"), axis=1
-    )
+    threshold = ops.take(ordered, last - 1, axis=1)[:, None]
     in_region = ops.cast(flat <= threshold, "float32")
     allowed = ops.maximum(in_region, 1.0 - positive)  # a negative image: anywhere
     background_keys = ops.where(allowed > 0, ops.reshape(background_noise, (batch, -1)), -1.0)

@@ -4,11 +4,12 @@
 from needles_tf.models import bagnet, classifier, heads, multires, pixelcam  # noqa: F401
 
 
-def load(model: str):
+def load(model: str, flag: str = "model"):
     """A trained NeedleClassifier: a packaged model's name (needles_tf.packaged), a .keras
-    file, or a directory holding model.keras; loaded in Keras's safe mode."""
+    file, or a directory holding model.keras; loaded in Keras's safe mode. Errors name
+    `flag`."""
     import keras
 
     from needles_tf import packaged
 
-    return keras.saving.load_model(packaged.keras_file(model, flag="model"), compile=False)
+    return keras.saving.load_model(packaged.keras_file(model, flag=flag), compile=False)
