@@ -23,7 +23,7 @@ from keras import ops
 
 from needles_tf import runs
 from needles_tf.localization.methods import get_saliency_method
-from needles_tf.localization.pseudo_labels import SeedCounts, min_max, sample_seeds
+from needles_tf.localization.pseudo_labels import SeedRecipe, min_max, sample_seeds
 from needles_tf.localization.upsample import cells_to_input
 from needles_tf.losses import partial_cross_entropy
 
@@ -64,19 +64,19 @@ class PixelCAMTraining(keras.Model):
         student: keras.Model,
         teacher: keras.Model,
         saliency: str = "",
-        counts: SeedCounts | None = None,
+        recipe: SeedRecipe | None = None,
         weight: float = 1.0,
         seed: int = 0,
         **kwargs,
     ):
         super().__init__(**kwargs)
-        counts = counts or SeedCounts()
-        counts.check()
+        recipe = recipe or SeedRecipe()
+        recipe.check()
         self.student, self.teacher = student, teacher
         teacher.trainable = False
         self.method = get_saliency_method(saliency or teacher.head.default_saliency)
         self.method.check(teacher)
-        self.counts, self.weight, self.seed = counts, float(weight), int(seed)
+        self.recipe, self.weight, self.seed = recipe, float(weight), int(seed)
         self.pixel_loss_tracker = keras.metrics.Mean(name="pixel_loss")
 
     def call(self, images, training=False):
@@ -84,9 +84,12 @@ class PixelCAMTraining(keras.Model):
         return {"logits": outputs["logits"], "pixel_logits": outputs["pixel_logits"]}
 
     def teacher_maps(self, images, labels):
-        """(B, H, W): the teacher's map of each positive class, each in [0, 1], their max."""
+        """(B, H, W): the teacher's maps, each in [0, 1], the max over the image's positive
+        classes (over all classes in a negative image: where it looks for any)."""
+        positive = ops.max(labels, axis=-1, keepdims=True) > 0.5
+        weights = ops.where(positive, labels, 1.0)
         maps = [
-            min_max(self.method(self.teacher, images, k).raw) * labels[:, k, None, None]
+            min_max(self.method(self.teacher, images, k).raw) * weights[:, k, None, None]
             for k in range(labels.shape[-1])
         ]
         return ops.stop_gradient(ops.max(ops.stack(maps), axis=0))
@@ -98,7 +101,7 @@ class PixelCAMTraining(keras.Model):
         seed = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(step, tf.int64)])
         noise = tf.random.stateless_uniform((2, *tf.unstack(tf.shape(maps))), seed)
         positive = ops.max(labels, axis=-1) > 0.5
-        return sample_seeds(maps, positive, noise[0], noise[1], self.counts)
+        return sample_seeds(maps, positive, noise[0], noise[1], self.recipe)
 
     def pixel_loss(self, images, labels, pixel_logits):
         shape = ops.shape(images)

@@ -38,7 +38,7 @@ from needles_tf.checkpointing import CheckpointManager, writable_directory
 from needles_tf.cli import one_line_usage_errors
 from needles_tf.data import pipeline, targets
 from needles_tf.layers.pooling import POOLINGS
-from needles_tf.localization.pseudo_labels import SeedCounts
+from needles_tf.localization.pseudo_labels import SeedRecipe
 from needles_tf.metrics import strict_json_metrics
 from needles_tf.models.backbone import BACKBONES
 from needles_tf.models.bagnet import THREE_BY_THREE_BLOCKS
@@ -403,15 +403,18 @@ def compile_for_training(inference: keras.Model, config, steps_per_epoch: int) -
 def _pixelcam_training(inference: keras.Model, config) -> PixelCAMTraining:
     """The PixelCAM view: the teacher of `config.pixelcam` gives the pixel seeds."""
     pixelcam = config.pixelcam
-    counts = SeedCounts(
-        pixelcam.foreground_pixels, pixelcam.background_pixels, pixelcam.background_fraction
+    recipe = SeedRecipe(
+        pixelcam.foreground_pixels,
+        pixelcam.background_pixels,
+        pixelcam.background_fraction,
+        pixelcam.negative_background,
     )
     teacher = load_teacher(pixelcam.teacher)
     return PixelCAMTraining(
         inference,
         teacher,
         pixelcam.teacher_saliency,
-        counts,
+        recipe,
         pixelcam.weight,
         config.seed,
         name="training",

@@ -17,9 +17,9 @@ from test_streaming import away_from_initial
 from needles_tf import evaluate, export
 from needles_tf.configs import pixelcam as pixelcam_config
 from needles_tf.localization.methods import get_saliency_method, served_grid
-from needles_tf.localization.pseudo_labels import SeedCounts, sample_seeds
+from needles_tf.localization.pseudo_labels import SeedRecipe, sample_seeds
 from needles_tf.localization.streaming import StreamingModel, stream_image
-from needles_tf.localization.upsample import subpixel_to_input
+from needles_tf.localization.upsample import blocks_to_input
 from needles_tf.losses import IGNORE, partial_cross_entropy
 from needles_tf.models.factory import build_model
 from needles_tf.pixelcam_training import (
@@ -64,7 +64,7 @@ def test_seeds_come_from_the_top_and_bottom_of_the_map_and_anywhere_in_negatives
     maps = np.stack([ramp] * 4)
     maps[1, 10:18, 10:18] = 1e6  # a bright block: the foreground's
     positive = np.array([True, True, False, False])
-    counts = SeedCounts(foreground_pixels=5, background_pixels=7, background_fraction=0.25)
+    counts = SeedRecipe(foreground_pixels=5, background_pixels=7, background_fraction=0.25)
     seeds = np.asarray(sample_seeds(maps, positive, *noise(0), counts))
 
     assert seeds.shape == maps.shape and seeds.dtype == np.int32
@@ -81,6 +81,20 @@ def test_seeds_come_from_the_top_and_bottom_of_the_map_and_anywhere_in_negatives
     assert not np.all(np.broadcast_to(bottom, (2, 32, 32))[seeds[2:] == 0])
 
 
+def test_salient_background_of_negatives_comes_from_the_teachers_false_alarms():
+    maps = np.zeros((4, 32, 32), "float32")
+    maps[:, 4:8, 20:24] = 1.0  # what the teacher finds needle-like, in every image
+    positive = np.array([True, False, True, False])
+    recipe = SeedRecipe(foreground_pixels=3, background_pixels=6, negative_background="salient")
+    seeds = np.asarray(sample_seeds(maps, positive, *noise(5), recipe))
+    np.testing.assert_array_equal((seeds == 0).sum(axis=(1, 2)), [6, 6, 6, 6])
+    hot = maps > 0
+    assert np.all(hot[1][seeds[1] == 0]) and np.all(hot[3][seeds[3] == 0])  # negatives
+    assert not np.any(hot[0][seeds[0] == 0]) and np.all(hot[0][seeds[0] == 1])  # positives
+    with pytest.raises(ValueError, match="negative_background='nowhere'"):
+        SeedRecipe(negative_background="nowhere").check()
+
+
 def test_seeds_are_determined_by_the_noise():
     maps = np.random.default_rng(3).uniform(size=(4, 32, 32)).astype("float32")
     positive = np.array([True, False, True, True])
@@ -89,7 +103,7 @@ def test_seeds_are_determined_by_the_noise():
     assert not np.array_equal(first, np.asarray(sample_seeds(maps, positive, *noise(2))))
 
 
-@pytest.mark.parametrize("pixel_head", ["pixelcam", "pixelcam_subpixel"])
+@pytest.mark.parametrize("pixel_head", ["pixelcam", "pixelcam_subpixel", "pixelcam_window"])
 @pytest.mark.parametrize(
     "config",
     [tiny_bagnet_config(), multires_config(num_classes=1)],
@@ -99,7 +113,12 @@ def test_the_pixel_map_is_on_the_saliency_grid_and_served_at_input_size(config, 
     model = build_model(ml_collections.ConfigDict({**config, "pixel_head": pixel_head}))
     images = np.random.default_rng(0).uniform(0, 255, (2, 64, 80, 1)).astype("float32")
     outputs = model(images)
-    per_cell = 1 if pixel_head == "pixelcam" else model.geometry[1] ** 2
+    receptive_field, stride = model.geometry
+    per_cell = {
+        "pixelcam": 1,
+        "pixelcam_subpixel": stride**2,
+        "pixelcam_window": (receptive_field // stride * stride) ** 2,
+    }[pixel_head]
     assert outputs["pixel_logits"].shape == (*outputs["saliency"].shape[:3], per_cell)
     maps = get_saliency_method("pixelcam")(model, images)
     assert maps.unit.shape == (2, 64, 80)
@@ -108,7 +127,7 @@ def test_the_pixel_map_is_on_the_saliency_grid_and_served_at_input_size(config, 
 
 def test_sub_pixels_fill_the_block_at_each_window_centre():
     cells = np.arange(2 * 3 * 64, dtype="float32").reshape(1, 2, 3, 64)
-    fine = np.asarray(subpixel_to_input(cells, 40, 50, 13, 8))[0, ..., 0]
+    fine = np.asarray(blocks_to_input(cells, 40, 50, 13, 8))[0, ..., 0]
     offset = (13 - 8) // 2  # the 8x8 block of cell (i, j) starts at 8i + 2
     assert fine.shape == (40, 50)
     assert fine[offset, offset] == 0.0  # cell (0, 0), its first sub-pixel
@@ -117,6 +136,24 @@ def test_sub_pixels_fill_the_block_at_each_window_centre():
     assert fine[offset + 8, offset] == 3 * 64  # cell (1, 0)
     assert fine[offset, offset + 8] == 64  # cell (0, 1)
     assert fine[0, 0] == 0.0 and fine[39, 49] == fine[offset + 15, offset + 23]  # held
+
+
+def test_overlapping_blocks_are_averaged_where_they_meet():
+    """Cells of stride 2 with 4x4 blocks (m = 2) in a window of 5: pixel 2i + 0.5 + p."""
+    cells = np.zeros((1, 2, 3, 16), "float32")
+    cells[0, 0, 0] = 1.0  # cell (0, 0): its whole block is 1
+    cells[0, 1, 1, :] = np.arange(16)  # cell (1, 1): 0..15 row-major
+    fine = np.asarray(blocks_to_input(cells, 7, 9, 5, 2))[0, ..., 0]
+    # block of (0, 0): pixels [0, 4)²; of (1, 1): [2, 6)²; every pixel is the mean of
+    # the blocks over it: (0, 0) alone at [0, 2)², with (0, 1), (1, 0), (1, 1) at [2, 4)²
+    assert fine.shape == (7, 9)
+    np.testing.assert_array_equal(fine[:2, :2], 1.0)
+    assert fine[2, 2] == pytest.approx((1.0 + 0 + 0 + 0) / 4)
+    assert fine[3, 3] == pytest.approx((1.0 + 5.0) / 4)  # (1, 1)'s pixel (1, 1) is 5
+    # rows 4 and 5 are in the blocks of grid row 1 only: (1, 1) and (1, 2) over them
+    assert fine[4, 4] == pytest.approx((10.0 + 0) / 2)
+    assert fine[5, 5] == pytest.approx((15.0 + 0) / 2)
+    assert fine[6, 8] == fine[5, 7]  # beyond the last blocks: held
 
 
 def test_pixelcam_saliency_needs_the_head():
@@ -191,7 +228,7 @@ def random_pixelcam_model(pixel_head: str = "pixelcam") -> keras.Model:
     return model, config
 
 
-@pytest.mark.parametrize("pixel_head", ["pixelcam", "pixelcam_subpixel"])
+@pytest.mark.parametrize("pixel_head", ["pixelcam", "pixelcam_subpixel", "pixelcam_window"])
 def test_streamed_tiles_carry_the_pixel_map(pixel_head):
     model, _ = random_pixelcam_model(pixel_head)
     image = np.random.default_rng(2).uniform(0, 255, (150, 190, 1)).astype("float32")
@@ -227,7 +264,7 @@ def test_export_serves_the_pixel_map_and_the_keras_file_round_trips(tmp_path):
 def test_background_from_a_tied_bottom_is_spread_over_all_of_it():
     """A map that is zero on its left half: every zero is among the lowest 20%."""
     maps = np.tile(np.concatenate([np.zeros(16), np.arange(1, 17)]).astype("float32"), (4, 32, 1))
-    counts = SeedCounts(background_pixels=40, background_fraction=0.2)
+    counts = SeedRecipe(background_pixels=40, background_fraction=0.2)
     seeds = np.asarray(sample_seeds(maps, np.ones(4, bool), *noise(4), counts))
     rows, columns = np.nonzero(seeds[0] == 0)
     assert np.all(columns < 16)

@@ -30,7 +30,7 @@ IMAGES = np.random.default_rng(0).integers(0, 256, (2, 40, 40, 1)).astype(np.flo
 @pytest.mark.parametrize(
     ("head", "pooling", "methods"),
     [
-        ("instance", "lse_lba", ["instance", "gradient", "sparse_inversion"]),
+        ("instance", "lse_lba", ["instance", "gradient", "gradient_input", "sparse_inversion"]),
         ("embedding", "max", ["cam", "gradient"]),
         ("embedding", "attention", ["attention"]),
     ],
@@ -73,6 +73,16 @@ def test_gradient_matches_a_finite_difference():
     minus[0, y, x, 0] -= step
     difference = (model(plus)["logits"][0, 0] - model(minus)["logits"][0, 0]) / (2 * step)
     assert abs(float(difference)) == pytest.approx(float(maps[0, y, x]), rel=0.05)
+
+
+def test_gradient_times_input_is_the_gradient_weighted_by_the_pixel():
+    model, _ = tiny("instance", "lse_lba")
+    images = IMAGES.copy()
+    images[:, :10] = 0.0  # a black band: no share of the logit
+    gradient = np.asarray(SALIENCY_METHODS["gradient"](model, images).raw)
+    product = np.asarray(SALIENCY_METHODS["gradient_input"](model, images).raw)
+    np.testing.assert_allclose(product, gradient * images[..., 0], rtol=1e-5, atol=1e-6)
+    assert np.all(product[:, :10] == 0.0) and product[:, 10:].max() > 0.0
 
 
 def test_soft_threshold_and_sparse_inversion_limits():

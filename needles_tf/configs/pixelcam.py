@@ -50,6 +50,9 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
             "foreground_pixels": 5,
             "background_pixels": 5,
             "background_fraction": 0.2,  # the authors' code default; their README: 0.4
+            # background seeds of a needle-free image: "anywhere" (uniform, the paper's)
+            # or "salient" (in proportion to the teacher's map: its false alarms)
+            "negative_background": "anywhere",
             "weight": 1.0,  # of the partial cross-entropy
         }
     )

@@ -230,6 +230,22 @@ class InputGradient(SaliencyMethod):
         return ops.sum(ops.abs(gradient), axis=-1)
 
 
+@register_saliency
+class GradientTimesInput(SaliencyMethod):
+    """|d logit_k / d input · input|, summed over channels: the first-order share of
+    each pixel in the logit against a black image (Shrikumar et al., "Not Just a Black
+    Box", 2016; Ancona et al., "Towards better understanding of gradient-based
+    attribution methods", ICLR 2018, §3). Zero where the input is zero, so on dark
+    backgrounds (nMNIST) it keeps the gradient's strokes and drops its halo."""
+
+    name = "gradient_input"
+
+    def raw(self, model, images, k):
+        images = ops.cast(images, "float32")
+        gradient = input_gradient(lambda x: model(x, training=False)["logits"][:, k], images)
+        return ops.sum(ops.abs(gradient * images), axis=-1)
+
+
 def soft_threshold(x, threshold: float):
     """s_λ(x) = sign(x) · max(|x| - λ, 0)."""
     return ops.sign(x) * ops.maximum(ops.abs(x) - threshold, 0.0)

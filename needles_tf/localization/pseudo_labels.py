@@ -7,8 +7,11 @@ each image of each minibatch:
   proportional to the teacher's map (min-max normalized to [0, 1], plus 1e-6);
 - background: `background_pixels` pixels drawn uniformly among the
   `background_fraction` of the image where the map is lowest (the authors weight
-  them by 1 - p, which is nearly uniform there); in a negative image, from anywhere
-  (the needle is nowhere) and no foreground;
+  them by 1 - p, which is nearly uniform there); in a negative image no foreground,
+  and background from anywhere (the needle is nowhere): uniformly, the paper's
+  `negative_background="anywhere"`, or `"salient"`, drawn like foreground, in
+  proportion to the teacher's map of the image, so that what the teacher finds
+  needle-like in a needle-free image (clutter) is taught as background;
 - every other pixel is unlabelled (needles_tf.losses.IGNORE); a pixel drawn as both
   is unlabelled too.
 
@@ -24,15 +27,18 @@ from keras import ops
 
 from needles_tf.losses import IGNORE
 
+NEGATIVE_BACKGROUNDS = ("anywhere", "salient")
+
 
 @dataclasses.dataclass(frozen=True)
-class SeedCounts:
+class SeedRecipe:
     """How many seeds per image, and where background may come from."""
 
     foreground_pixels: int = 5
     background_pixels: int = 5
     # The authors' code default (`sl_ng_min_p`); their README command passes 0.4.
     background_fraction: float = 0.2
+    negative_background: str = "anywhere"
 
     def check(self, flag: str = "--config.pixelcam") -> None:
         if self.foreground_pixels < 1 or self.background_pixels < 1:
@@ -44,6 +50,11 @@ class SeedCounts:
             raise ValueError(
                 f"{flag}.background_fraction={self.background_fraction}: expected a "
                 "fraction in (0, 1]."
+            )
+        if self.negative_background not in NEGATIVE_BACKGROUNDS:
+            raise ValueError(
+                f"{flag}.negative_background={self.negative_background!r}: expected one "
+                f"of {NEGATIVE_BACKGROUNDS}."
             )
 
 
@@ -66,29 +77,34 @@ def _chosen(keys, count: int):
 
 
 def sample_seeds(
-    maps, positive, foreground_noise, background_noise, counts: SeedCounts | None = None
+    maps, positive, foreground_noise, background_noise, recipe: SeedRecipe | None = None
 ):
     """Seeds (B, H, W) int32 from teacher maps (B, H, W) and image labels positive (B,).
 
-    `*_noise`: (B, H, W) uniform in (0, 1), one tensor per draw; `counts` default SeedCounts().
+    `*_noise`: (B, H, W) uniform in (0, 1), one tensor per draw; `recipe` default
+    SeedRecipe(). A negative image's map is read only for "salient" background.
     """
-    counts = counts or SeedCounts()
+    recipe = recipe or SeedRecipe()
     shape = ops.shape(maps)
     batch, pixels = shape[0], shape[1] * shape[2]
     flat = ops.reshape(min_max(ops.cast(maps, "float32")), (batch, -1))
     positive = ops.reshape(ops.cast(positive, "float32"), (-1, 1))
 
-    foreground_keys = ops.log(flat + 1e-6) + _gumbel(ops.reshape(foreground_noise, (batch, -1)))
-    foreground = _chosen(foreground_keys, counts.foreground_pixels) * positive
+    # in proportion to the map, without replacement
+    salient_keys = ops.log(flat + 1e-6) + _gumbel(ops.reshape(foreground_noise, (batch, -1)))
+    foreground = _chosen(salient_keys, recipe.foreground_pixels) * positive
 
     # the lowest `background_fraction` of the pixels, with every pixel tied with the last
     ordered = ops.sort(flat, axis=1)
-    last = ops.cast(ops.ceil(counts.background_fraction * ops.cast(pixels, "float32")), "int32")
+    last = ops.cast(ops.ceil(recipe.background_fraction * ops.cast(pixels, "float32")), "int32")
     threshold = ops.take(ordered, last - 1, axis=1)[:, None]
     in_region = ops.cast(flat <= threshold, "float32")
     allowed = ops.maximum(in_region, 1.0 - positive)  # a negative image: anywhere
     background_keys = ops.where(allowed > 0, ops.reshape(background_noise, (batch, -1)), -1.0)
-    background = _chosen(background_keys, counts.background_pixels) * allowed
+    background = _chosen(background_keys, recipe.background_pixels) * allowed
+    if recipe.negative_background == "salient":
+        salient = _chosen(salient_keys, recipe.background_pixels)
+        background = ops.where(positive > 0, background, salient)
 
     seeds = ops.where(
         foreground * background > 0,

@@ -8,6 +8,8 @@ centres (held constant beyond the outermost ones). Written with keras.ops.
 
 from __future__ import annotations
 
+import math
+
 from keras import ops
 
 
@@ -33,28 +35,48 @@ def saliency_to_input(grid, height, width, receptive_field: int, stride: int):
     return ops.take(rows, left, axis=2) * (1.0 - wx) + ops.take(rows, right, axis=2) * wx
 
 
-def subpixel_to_input(cells, height, width, receptive_field: int, stride: int):
-    """(B, h, w, stride²) -> (B, height, width, 1): each cell's values are the pixels of
-    the stride x stride block at the centre of its window (depth to space), row-major;
-    pixels beyond the outermost blocks take the nearest block's value."""
+def blocks_to_input(cells, height, width, receptive_field: int, stride: int):
+    """(B, h, w, side²) -> (B, height, width, 1), side = m·stride: each cell's values are
+    the pixels of a side x side block, row-major, centred in its window; where blocks
+    of neighbouring cells overlap (m > 1), the pixel is their mean. Pixels beyond the
+    outermost blocks take the nearest value.
+
+    m = 1 is sub-pixel convolution (depth to space, Shi et al., CVPR 2016); m > 1 an
+    overlap-add with a fixed box kernel, the m² shifted sub-blocks summed.
+    """
     cells = ops.cast(cells, "float32")
     shape = ops.shape(cells)
-    blocks = ops.reshape(cells, (shape[0], shape[1], shape[2], stride, stride))
+    side = math.isqrt(int(cells.shape[-1]))
+    if side * side != cells.shape[-1] or side % stride:
+        raise ValueError(
+            f"{cells.shape[-1]} logits per cell: expected the square of a multiple of "
+            f"the stride {stride}."
+        )
+    m = side // stride
+    blocks = ops.reshape(cells, (shape[0], shape[1], shape[2], m, stride, m, stride))
+    ones = ops.ones_like(blocks[:, :, :, 0, :1, 0, :1])
+    total, count = 0.0, 0.0
+    for a in range(m):
+        for b in range(m):
+            pads = [(0, 0), (a, m - 1 - a), (b, m - 1 - b), (0, 0), (0, 0)]
+            total = total + ops.pad(blocks[:, :, :, a, :, b, :], pads)
+            count = count + ops.pad(ones, pads)
+    rows, columns = shape[1] + m - 1, shape[2] + m - 1
     fine = ops.reshape(
-        ops.transpose(blocks, (0, 1, 3, 2, 4)), (shape[0], shape[1] * stride, shape[2] * stride)
+        ops.transpose(total / count, (0, 1, 3, 2, 4)), (shape[0], rows * stride, columns * stride)
     )
-    offset = (receptive_field - stride) // 2
+    offset = (receptive_field - side) // 2
 
     def indices(pixels, size):
         return ops.clip(ops.arange(pixels) - offset, 0, size - 1)
 
-    fine = ops.take(fine, indices(height, shape[1] * stride), axis=1)
-    return ops.take(fine, indices(width, shape[2] * stride), axis=2)[..., None]
+    fine = ops.take(fine, indices(height, rows * stride), axis=1)
+    return ops.take(fine, indices(width, columns * stride), axis=2)[..., None]
 
 
 def cells_to_input(cells, height, width, receptive_field: int, stride: int):
     """Per-cell values -> input resolution: one per cell bilinearly (`saliency_to_input`),
-    stride² per cell as sub-pixels (`subpixel_to_input`)."""
-    if cells.shape[-1] == stride * stride and stride > 1:
-        return subpixel_to_input(cells, height, width, receptive_field, stride)
+    a block of pixels per cell by `blocks_to_input`."""
+    if cells.shape[-1] > 1 and stride > 1:
+        return blocks_to_input(cells, height, width, receptive_field, stride)
     return saliency_to_input(cells, height, width, receptive_field, stride)

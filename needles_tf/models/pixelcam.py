@@ -7,7 +7,7 @@ foreground or background; it is trained from pixel pseudo-labels of a weakly
 supervised teacher (needles_tf/localization/pseudo_labels.py) with a partial
 cross-entropy (needles_tf/losses.py), jointly with the image classifier.
 
-Resolution, two variants (`--config.model.pixel_head`):
+Resolution, three variants (`--config.model.pixel_head`):
 
 - `pixelcam`, the paper's: the classifier runs on the backbone's grid (the BagNet
   grid, or the multi-resolution extractor's fused map) and its one logit per cell
@@ -18,7 +18,10 @@ Resolution, two variants (`--config.model.pixel_head`):
 - `pixelcam_subpixel`: the same 1x1 convolution gives stride² logits per cell, the
   pixels of the stride x stride block at the centre of the cell's window: a map at
   input resolution, where the bilinear one is capped by the grid's (see
-  SubpixelPixelCAMHead).
+  SubpixelPixelCAMHead);
+- `pixelcam_window`: each cell's logits are a block as wide as its window (in whole
+  strides), overlapping blocks averaged, so the map covers every pixel the grid
+  sees (WindowPixelCAMHead).
 
 One sigmoid logit replaces the paper's 2-way softmax: softmax(a, b)_fg = sigmoid(b - a).
 """
@@ -113,8 +116,11 @@ class PixelCAMHead(keras.layers.Layer):
         return {**self.image_head(embedding), "pixel_logits": self.pixel_logits(embedding)}
 
     def tile_state(self, embedding):
+        """The image head's, plus each cell's largest pixel logit: a piece keeps one
+        value per cell (what the grid map holds), not the cell's block."""
         state, maps = self.image_head.tile_state(embedding)
-        return state, {**maps, "pixel_logits": self.pixel_logits(embedding)}
+        cells = ops.max(self.pixel_logits(embedding), axis=-1, keepdims=True)
+        return state, {**maps, "pixel_logits": cells}
 
     def merge_states(self, a: dict, b: dict) -> dict:
         return self.image_head.merge_states(a, b)
@@ -148,10 +154,15 @@ class SubpixelPixelCAMHead(PixelCAMHead):
     stride 8) the PxAP of a map that knows the mask but has one value per cell is 0.16
     (benchmarks/grid_pxap_ceiling.py). The cell's features see its whole window, so they
     can say which of its pixels hold the object.
+
+    `block_cells` = m > 1 widens each cell's block to (m·stride)², overlapping its
+    neighbours' (see WindowPixelCAMHead).
     """
 
-    def __init__(self, image_head: MILHead, stride: int, **kwargs):
-        self.stride = int(stride)
+    def __init__(self, image_head: MILHead, stride: int, block_cells: int = 1, **kwargs):
+        self.stride, self.block_cells = int(stride), int(block_cells)
+        if self.block_cells < 1:
+            raise ValueError(f"block_cells={block_cells}: expected at least 1.")
         super().__init__(image_head, **kwargs)
 
     @classmethod
@@ -160,7 +171,27 @@ class SubpixelPixelCAMHead(PixelCAMHead):
 
     @property
     def logits_per_cell(self) -> int:
-        return self.stride * self.stride
+        return (self.block_cells * self.stride) ** 2
 
     def get_config(self):
-        return {**super().get_config(), "stride": self.stride}
+        return {**super().get_config(), "stride": self.stride, "block_cells": self.block_cells}
+
+
+@register_pixel_head("pixelcam_window")
+class WindowPixelCAMHead(SubpixelPixelCAMHead):
+    """PixelCAM whose cells each predict the largest block of whole stride steps that
+    fits in their window, (m·stride)² pixels with m = receptive_field // stride, and
+    a pixel's logit is the mean of the blocks that cover it (overlap-add).
+
+    The sub-pixel head covers only the band of window centres, [(rf - stride)/2,
+    (rf + stride)/2 + stride·(h - 1)): 32 of 64 pixels per axis on nMNIST canvas_64, the
+    margins held from the outermost blocks. Whole-window blocks cover
+    [(rf - m·stride)/2, ...+ stride·(h - 1) + m·stride), every pixel some cell sees
+    (on canvas_64, [0, 56)), and each pixel is judged by every cell whose window holds
+    it. On the grid (streaming, slides) a cell holds the largest logit of its block.
+    """
+
+    @classmethod
+    def for_backbone(cls, image_head, backbone, **kwargs):
+        block_cells = max(1, backbone.receptive_field // backbone.stride)
+        return cls(image_head, backbone.stride, block_cells, **kwargs)
