@@ -130,7 +130,7 @@ class RunState(keras.callbacks.Callback):
         self.state["history"].append(row)
         self.state["epoch"] = epoch + 1
         previous = self.state["best_weights"]
-        if self.state["best"] is None or row[self.monitor] > self.state["best"]:
+        if self.state["best"] is None or self._better(row[self.monitor], self.state["best"]):
             self.state.update(
                 best=row[self.monitor],
                 best_epoch=epoch + 1,
@@ -143,6 +143,10 @@ class RunState(keras.callbacks.Callback):
             atomic_write_text(self.model_dir / "history.csv", history_csv(self.state["history"]))
             if previous and previous != self.state["best_weights"]:
                 (self.model_dir / previous).unlink(missing_ok=True)
+
+    def _better(self, value: float, best: float) -> bool:
+        """A loss is better lower, a score higher."""
+        return value < best if self.monitor.endswith("loss") else value > best
 
     def _save(self):
         """Checkpoints the chief's model, unless a weight overflowed (then stops: the last

@@ -49,7 +49,7 @@ def render(name: str, folder: pathlib.Path, recipe: packaged.PackagedModel) -> s
         _metrics(main, extra, recipe),
         _calibration(main),
         _speed(speed, name),
-        _limitations(main, extra, recipe, metadata["saliency"]),
+        _limitations(main, extra, recipe, metadata),
     ]
     return "\n\n".join(section.strip() for section in sections) + "\n"
 
@@ -77,8 +77,7 @@ def _header(name, recipe, metadata, training, folder) -> str:
          "sigmoid probability each, learnt from image-level labels alone"),
         ("architecture", f"{architecture}, {model['normalization']} normalization; "
          f"{model['head']} head, {pooling} pooling"),
-        ("saliency", f"`{metadata['saliency']}` map, a value per {metadata['stride']}-pixel "
-         f"step (receptive field {metadata['receptive_field']} pixels), upsampled to the image"),
+        ("saliency", _saliency_fact(metadata, config)),
         ("input", f"`uint8` images of any height and width, {model['input_channels']} "
          f"channel(s); trained on {config['dataset']}"),
         ("files", "`1/` SavedModel (signatures `serving_default`, `serving_encoded`, "
@@ -86,6 +85,27 @@ def _header(name, recipe, metadata, training, folder) -> str:
     ]  # fmt: skip
     table = "\n".join(f"| {key} | {value} |" for key, value in facts)
     return f"# {name}\n\n{recipe.summary}\n\n| | |\n|---|---|\n{table}"
+
+
+def _pixel_blocks(model: dict) -> bool:
+    """Whether the served map is a PixelCAM head's blocks of pixels (not a grid upsampled)."""
+    return model.get("pixel_head", "") in ("pixelcam_subpixel", "pixelcam_window")
+
+
+def _saliency_fact(metadata: dict, config: dict) -> str:
+    stride, receptive_field = metadata["stride"], metadata["receptive_field"]
+    served = f"`{metadata['saliency']}` map"
+    if _pixel_blocks(metadata["model"]):
+        pixelcam = config.get("pixelcam", {})
+        return (
+            f"{served} at the input's resolution: a block of pixel logits per {stride}-pixel "
+            f"step ({metadata['model']['pixel_head']}), taught by the "
+            f"`{pixelcam.get('teacher_saliency') or 'own'}` map of `{pixelcam.get('teacher')}`"
+        )
+    return (
+        f"{served}, a value per {stride}-pixel step (receptive field {receptive_field} "
+        "pixels), upsampled to the image"
+    )
 
 
 def _use(name: str) -> str:
@@ -235,7 +255,8 @@ def _o2i(dataset: str) -> str:
     return f"{100 * MNIST_DIGIT**2 / int(found.group(1)) ** 2:.1f}%"
 
 
-def _limitations(main: dict, extra: dict, recipe: packaged.PackagedModel, served: str) -> str:
+def _limitations(main: dict, extra: dict, recipe: packaged.PackagedModel, metadata: dict) -> str:
+    served = metadata["saliency"]
     lines = [
         "## Limitations",
         "",
@@ -269,9 +290,17 @@ def _limitations(main: dict, extra: dict, recipe: packaged.PackagedModel, served
     lines += [
         "- One needle class on a black background: clutter digits are the only distractors; "
         "real images have texture, stain and scanner variation it never saw.",
-        "- The saliency map has one value per grid step, so it locates a needle to within a "
-        "receptive field, not its outline.",
     ]
+    if _pixel_blocks(metadata["model"]):
+        lines.append(
+            "- The pixel map learnt from a teacher's seeds, a few pixels per image, not from "
+            "masks: it inherits what the teacher's map mistakes for the needle."
+        )
+    else:
+        lines.append(
+            "- The saliency map has one value per grid step, so it locates a needle to within "
+            "a receptive field, not its outline."
+        )
     return "\n".join(lines)
 
 

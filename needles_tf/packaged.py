@@ -74,6 +74,25 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
             ),
         },
     ),
+    "nmnist_canvas64_pixelcam": PackagedModel(
+        summary="nmnist_canvas64 with a PixelCAM head (Guichemerre et al. 2025): a "
+        "foreground/background map at input resolution, taught by gradient x input seeds "
+        "of nmnist_canvas64; saliency: the PixelCAM map.",
+        train=(
+            "python -m needles_tf.train --config=pixelcam:cpu_canvas64 "
+            f"--model_dir=runs/c64_pixelcam {MNIST}",
+        ),
+        run="runs/c64_pixelcam",
+        evaluations={
+            "": Evaluation(saliency=("pixelcam", "cam", "gradient", "gradient_input")),
+            "sparse_inversion": sparse_inversion_on_first(1000),
+            "canvas_256": Evaluation(
+                saliency=("pixelcam", "cam", "gradient_input"),
+                dataset="nmnist/canvas_256",
+                why="larger canvases than trained for (O2I 1.2%)",
+            ),
+        },
+    ),
     "nmnist_canvas256": PackagedModel(
         summary="Is there a 3 among the digits of a 256x256 nMNIST canvas (O2I 1.2%)? BagNet "
         "(receptive field 33, s = 1/4), instance head, max pooling, trained with sparse steps "

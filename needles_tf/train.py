@@ -248,10 +248,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             "0 (moving averages) or a number of training images",
         ),
         (
-            config.get("best_metric", "accuracy") in ("accuracy", "auc"),
+            config.get("best_metric", "accuracy") in ("accuracy", "auc")
+            or (config.get("best_metric") == "pixel_loss" and bool(model.get("pixel_head", ""))),
             "--config.best_metric",
             config.get("best_metric"),
-            "'accuracy' or 'auc' (the validation metric whose best epoch is kept)",
+            "'accuracy' or 'auc' (the validation metric whose best epoch is kept), or "
+            "'pixel_loss' with a pixel head",
         ),
         (config.batch_size >= 1, "--batch_size", config.batch_size, "at least 1"),
         (config.train_size >= 0, "--train_size", config.train_size, "0 (whole split) or more"),

@@ -106,8 +106,8 @@ def test_seeds_are_determined_by_the_noise():
 @pytest.mark.parametrize("pixel_head", ["pixelcam", "pixelcam_subpixel", "pixelcam_window"])
 @pytest.mark.parametrize(
     "config",
-    [tiny_bagnet_config(), multires_config(num_classes=1)],
-    ids=["bagnet", "multires"],
+    [tiny_bagnet_config(receptive_field=33), multires_config(num_classes=1)],
+    ids=["bagnet33", "multires"],
 )
 def test_the_pixel_map_is_on_the_saliency_grid_and_served_at_input_size(config, pixel_head):
     model = build_model(ml_collections.ConfigDict({**config, "pixel_head": pixel_head}))
@@ -217,10 +217,14 @@ def test_a_teacher_of_another_architecture_is_refused_in_one_line():
         initialize_from_teacher(student, teacher, "--config.pixelcam.teacher")
 
 
-def random_pixelcam_model(pixel_head: str = "pixelcam") -> keras.Model:
+def random_pixelcam_model(pixel_head: str = "pixelcam", receptive_field: int = 9) -> keras.Model:
     keras.utils.set_random_seed(1)
     config = tiny_bagnet_config(
-        normalization="batch", head="instance", pooling="lse_lba", pixel_head=pixel_head
+        receptive_field=receptive_field,
+        normalization="batch",
+        head="instance",
+        pooling="lse_lba",
+        pixel_head=pixel_head,
     )
     model = away_from_initial(with_random_statistics(build_model(config)))
     bias = model.head.pixel_classifier.bias
@@ -228,13 +232,16 @@ def random_pixelcam_model(pixel_head: str = "pixelcam") -> keras.Model:
     return model, config
 
 
-@pytest.mark.parametrize("pixel_head", ["pixelcam", "pixelcam_subpixel", "pixelcam_window"])
-def test_streamed_tiles_carry_the_pixel_map(pixel_head):
-    model, _ = random_pixelcam_model(pixel_head)
+@pytest.mark.parametrize(
+    ("pixel_head", "receptive_field"),
+    [("pixelcam", 9), ("pixelcam_subpixel", 9), ("pixelcam_window", 33)],
+)
+def test_streamed_tiles_carry_the_pixel_map(pixel_head, receptive_field):
+    model, _ = random_pixelcam_model(pixel_head, receptive_field)
     image = np.random.default_rng(2).uniform(0, 255, (150, 190, 1)).astype("float32")
     whole = model(image[None], training=False)
     served = served_grid(model, whole)
-    streamed = stream_image(StreamingModel.from_keras(model), image, 48, 9, 8)
+    streamed = stream_image(StreamingModel.from_keras(model), image, 96, receptive_field, 8)
     np.testing.assert_allclose(streamed["probability"], whole["probability"][0], rtol=1e-5)
     cells = np.max(whole["pixel_logits"][0], axis=-1, keepdims=True)  # a cell's largest
     np.testing.assert_allclose(streamed["saliency_grid"], cells, rtol=1e-5, atol=1e-6)
@@ -243,16 +250,16 @@ def test_streamed_tiles_carry_the_pixel_map(pixel_head):
 
 @pytest.mark.slow
 def test_export_serves_the_pixel_map_and_the_keras_file_round_trips(tmp_path):
-    """The sub-pixel head; the bilinear one places its map as every grid method does
-    (test_served_saliency.py)."""
-    model, config = random_pixelcam_model("pixelcam_subpixel")
+    """The window head (sub-pixels are its one-cell case); the bilinear one places its
+    map as every grid method does (test_served_saliency.py)."""
+    model, config = random_pixelcam_model("pixelcam_window", receptive_field=33)
     images = np.random.default_rng(2).integers(0, 256, (3, 41, 47, 1)).astype(np.uint8)
     path = export.export_model(model, ml_collections.ConfigDict({"model": config}), tmp_path)
     served = tf.saved_model.load(str(path)).signatures["serving_default"](image=tf.constant(images))
     evaluated = evaluate.saliency_batch(
         model, images.astype(np.float32), {"pixelcam": get_saliency_method("pixelcam")}
     )["pixelcam"]
-    # stride² logits per cell: the graph's and eager's matrix products round differently
+    # many logits per cell: the graph's and eager's matrix products round differently
     np.testing.assert_allclose(served["saliency"][..., 0], evaluated.unit, atol=2e-4)
 
     loaded = keras.saving.load_model(tmp_path / "model.keras", safe_mode=True)
@@ -288,8 +295,9 @@ def test_a_pixelcam_run_trains_from_its_teacher_and_exports_the_pixel_map(nmnist
     teacher.save(tmp_path / "teacher.keras")
     pixelcam = pixelcam_config.get_config()
     with config.unlocked():
-        config.model.pixel_head = "pixelcam_subpixel"
+        config.model.pixel_head = "pixelcam_window"
         config.pixelcam = pixelcam.pixelcam
+        config.pixelcam.teacher_saliency = "gradient_input"
         config.pixelcam.teacher = str(tmp_path / "teacher.keras")
     data_dir = str(pathlib.Path(nmnist_64.data_dir).parents[2])
     metrics = train_module.train(config, tmp_path / "run", tfds_data_dir=data_dir, verbose=0)

@@ -323,6 +323,25 @@ def test_nan_loss_stops_with_a_clear_message(tmp_path):
     assert state["global_step"] == 1
 
 
+@pytest.mark.parametrize(
+    ("monitor", "values", "best_epoch"),
+    [("val_accuracy", [0.5, 0.7, 0.6], 2), ("val_pixel_loss", [0.5, 0.3, 0.4], 2)],
+)
+def test_the_best_epoch_is_the_highest_score_or_the_lowest_loss(
+    tmp_path, monitor, values, best_epoch
+):
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    state = new_run_state()
+    callback = RunState(state, CheckpointManager(tmp_path), tmp_path, model, 1, monitor=monitor)
+    model.compile(optimizer="sgd", loss="mse")
+    callback.set_model(model)
+    for epoch, value in enumerate(values):
+        callback.on_epoch_begin(epoch)
+        callback.on_epoch_end(epoch, {monitor: value})
+    assert state["best_epoch"] == best_epoch and state["best"] == pytest.approx(values[1])
+    assert [p.name for p in tmp_path.glob("best-*")] == [f"best-epoch{best_epoch:04d}.weights.h5"]
+
+
 def test_weights_that_overflowed_or_diverged_are_never_checkpointed(tmp_path):
     model = keras.Sequential(
         [keras.Input((2,)), keras.layers.BatchNormalization(), keras.layers.Dense(1)]
@@ -363,6 +382,7 @@ def test_weights_that_overflowed_or_diverged_are_never_checkpointed(tmp_path):
         ({"batch_size": 0}, r"--batch_size=0: expected at least 1"),
         ({"model.receptive_field": 17}, r"--receptive_field=17: expected one of"),
         ({"best_metric": "loss"}, r"--config.best_metric=.loss.: expected .accuracy. or .auc."),
+        ({"best_metric": "pixel_loss"}, r"best_metric='pixel_loss': .* 'pixel_loss' with a pixel"),
         ({"lr_schedule": "linear"}, r"--config.lr_schedule='linear': expected one of \['cosine'"),
         ({"warmup_epochs": 2.0}, r"--config.warmup_epochs=2.0: expected .* fewer than --epochs=2"),
     ],
