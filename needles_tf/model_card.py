@@ -18,6 +18,7 @@ from typing import Any
 from needles_tf import packaged
 from needles_tf.atomic import atomic_write_text
 from needles_tf.metadata import read_metadata
+from needles_tf.models.pixelcam import SubpixelPixelCAMHead, get_pixel_head_class
 
 MNIST_DIGIT = 28  # pixels: an MNIST digit's side, the needle of nMNIST
 LOCALIZATION = [
@@ -89,11 +90,12 @@ def _header(name, recipe, metadata, training, folder) -> str:
 
 def _pixel_blocks(model: dict) -> bool:
     """Whether the served map is a PixelCAM head's blocks of pixels (not a grid upsampled)."""
-    return model.get("pixel_head", "") in ("pixelcam_subpixel", "pixelcam_window")
+    name = model.get("pixel_head", "")
+    return bool(name) and issubclass(get_pixel_head_class(name), SubpixelPixelCAMHead)
 
 
 def _saliency_fact(metadata: dict, config: dict) -> str:
-    stride, receptive_field = metadata["stride"], metadata["receptive_field"]
+    stride = metadata["stride"]
     served = f"`{metadata['saliency']}` map"
     if _pixel_blocks(metadata["model"]):
         pixelcam = config.get("pixelcam", {})
@@ -103,8 +105,8 @@ def _saliency_fact(metadata: dict, config: dict) -> str:
             f"`{pixelcam.get('teacher_saliency') or 'own'}` map of `{pixelcam.get('teacher')}`"
         )
     return (
-        f"{served}, a value per {stride}-pixel step (receptive field {receptive_field} "
-        "pixels), upsampled to the image"
+        f"{served}, a value per {stride}-pixel step (receptive field "
+        f"{metadata['receptive_field']} pixels), upsampled to the image"
     )
 
 

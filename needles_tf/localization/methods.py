@@ -224,14 +224,18 @@ class InputGradient(SaliencyMethod):
 
     name = "gradient"
 
+    @staticmethod
+    def gradient(model, images, k):
+        """d logit_k / d images, images as float32."""
+        return input_gradient(lambda x: model(x, training=False)["logits"][:, k], images)
+
     def raw(self, model, images, k):
         images = ops.cast(images, "float32")
-        gradient = input_gradient(lambda x: model(x, training=False)["logits"][:, k], images)
-        return ops.sum(ops.abs(gradient), axis=-1)
+        return ops.sum(ops.abs(self.gradient(model, images, k)), axis=-1)
 
 
 @register_saliency
-class GradientTimesInput(SaliencyMethod):
+class GradientTimesInput(InputGradient):
     """|d logit_k / d input · input|, summed over channels: the first-order share of
     each pixel in the logit against a black image (Shrikumar et al., "Not Just a Black
     Box", 2016; Ancona et al., "Towards better understanding of gradient-based
@@ -242,8 +246,7 @@ class GradientTimesInput(SaliencyMethod):
 
     def raw(self, model, images, k):
         images = ops.cast(images, "float32")
-        gradient = input_gradient(lambda x: model(x, training=False)["logits"][:, k], images)
-        return ops.sum(ops.abs(gradient * images), axis=-1)
+        return ops.sum(ops.abs(self.gradient(model, images, k) * images), axis=-1)
 
 
 def soft_threshold(x, threshold: float):
