@@ -18,7 +18,10 @@ table. Localization needs needle boxes in the dataset and PxAP object masks
 (needles_tf.data.targets); what a dataset lacks is skipped with the reason.
 Multi-label datasets with per-finding boxes (ChestX-ray14) get AUC per finding and,
 per finding with boxes, the continuous DICE and IoBB accuracy at each --tau (Yao et
-al. 2018 Tables 2-3).
+al. 2018 Tables 2-3). Datasets that box every one of many needles
+(nmnist/many_needles_*) get detection instead (needles_tf/evaluate_detection.py):
+precision, recall, F1 at --detection_threshold and average precision of the local
+maxima of the model's map, --peak_distance pixels apart.
 """
 
 from __future__ import annotations
@@ -35,13 +38,14 @@ import tensorflow_datasets as tfds
 from absl import app, flags, logging
 
 from needles_tf import bootstrap, metrics, models, packaged
-from needles_tf.atomic import atomic_path, atomic_write_text
+from needles_tf.atomic import atomic_write_text
 from needles_tf.checkpointing import writable_directory
 from needles_tf.cli import one_line_usage_errors
 from needles_tf.data import load, pipeline, targets
+from needles_tf.evaluate_detection import evaluate_detection, has_needles
 from needles_tf.localization.methods import SaliencyMaps, SaliencyMethod, get_saliency_method
 from needles_tf.metadata import read_metadata
-from needles_tf.plots import saliency_overlay
+from needles_tf.plots import saliency_overlay, save_figure
 from needles_tf.runs import load_run
 
 matplotlib.use("Agg")
@@ -89,9 +93,15 @@ def evaluate(
     alpha: float = 0.5,
     resamples: int = bootstrap.RESAMPLES,
     data_dir: str | None = None,
+    peak_distance: float = 14.0,
+    detection_threshold: float = 0.5,
 ) -> dict[str, Any]:
     """Computes, writes and returns the metrics of a run's best weights (`model_dir`) or of a
-    packaged or exported `model` on `split` of `dataset` (default: the model's own)."""
+    packaged or exported `model` on `split` of `dataset` (default: the model's own).
+
+    On a dataset that boxes every needle (nmnist/many_needles_*), the needles are
+    detected instead: local maxima of the model's map at least `peak_distance` pixels
+    apart, scored at `detection_threshold` and by average precision."""
     model, dataset, num_classes, out = _model_and_dataset(model_dir, model, dataset, out_dir)
     methods = methods or [model.head.default_saliency]
     method_fns = {name: get_saliency_method(name) for name in methods}
@@ -101,6 +111,21 @@ def evaluate(
     data = load(dataset, split, data_dir=data_dir)
     if max_examples:
         data = data.take(max_examples)
+    if has_needles(data):  # every needle boxed: detection (nmnist/many_needles_*)
+        bar = _progress_bar(data.batch(batch_size))
+        detected = evaluate_detection(
+            model, data, batch_size, peak_distance, detection_threshold, out, bar
+        )
+        results = {
+            "model": str(model_dir or model.name),
+            "dataset": dataset,
+            "split": split,
+            "examples": int(data.cardinality()),
+            "detection": detected,
+        }
+        _write_metrics(out, results)
+        print(_detection_table(results))
+        return results
     if targets.has_findings(data):  # multi-label with per-finding boxes (ChestX-ray14)
         results = _evaluate_findings(
             model, num_classes, dataset, data, split, method_fns, batch_size, taus, alpha, data_dir
@@ -284,6 +309,18 @@ def _evaluate_findings(
     }
 
 
+def _detection_table(results: dict[str, Any]) -> str:
+    found = results["detection"]
+    return (
+        f"{results['split']}: {results['examples']} images, {found['needles']} needles, "
+        f"{found['detections']} detections\n"
+        f"  at score >= {found['threshold']:g}: precision {found['precision']:.3f}, recall "
+        f"{found['recall']:.3f}, F1 {found['f1']:.3f}\n"
+        f"  best F1 {found['best_f1']:.3f} (score >= {found['best_f1_threshold']:.3f}), "
+        f"average precision {found['average_precision']:.3f}"
+    )
+
+
 def _findings_table(results: dict[str, Any]) -> str:
     classification = results["classification"]
     lines = [
@@ -365,7 +402,7 @@ def _plot_precision_recall(maps, boxes, path: pathlib.Path) -> None:
     axes.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02))
     axes.set_title("Localization by maximum saliency")
     axes.legend(loc="lower left")
-    _save(figure, path)
+    save_figure(figure, path)
 
 
 def _plot_overlays(gallery, maps, boxes, method: str, path: pathlib.Path) -> None:
@@ -383,7 +420,7 @@ def _plot_overlays(gallery, maps, boxes, method: str, path: pathlib.Path) -> Non
                 axis.imshow(saliency_overlay(image, maps[i], boxes[i]))
                 axis.set_title(f"{outcome}: y={int(label)} p={probability:.2f}", fontsize=8)
     figure.suptitle(f"{method} saliency; green: the needle's box", fontsize=10)
-    _save(figure, path)
+    save_figure(figure, path)
 
 
 def _plot_reliability(calibration: dict, classification: dict, path: pathlib.Path) -> None:
@@ -405,14 +442,7 @@ def _plot_reliability(calibration: dict, classification: dict, path: pathlib.Pat
     axes.legend(loc="upper left")
     counts.bar(centres, count, width=1.0 / bins, color="grey", edgecolor="black")
     counts.set(xlabel="predicted probability", ylabel="images", yscale="log")
-    _save(figure, path)
-
-
-def _save(figure, path: pathlib.Path) -> None:
-    figure.tight_layout()
-    with atomic_path(path) as temporary:
-        figure.savefig(temporary, dpi=120, format="png")
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def _check_split(dataset: str, split: str, data_dir: str | None) -> None:
@@ -489,6 +519,8 @@ def main(argv: list[str]) -> None:
             alpha=FLAGS.alpha,
             resamples=FLAGS.bootstrap,
             data_dir=FLAGS.tfds_data_dir,
+            peak_distance=FLAGS.peak_distance,
+            detection_threshold=FLAGS.detection_threshold,
         )
     except (ValueError, FileNotFoundError) as error:
         raise app.UsageError(str(error)) from error
@@ -511,6 +543,12 @@ if __name__ == "__main__":
     flags.DEFINE_float("alpha", 0.5, "T(IoBB): the IoBB an image needs to count as localized.")
     flags.DEFINE_integer(
         "bootstrap", bootstrap.RESAMPLES, "Resamples of the 95% intervals (0: no intervals)."
+    )
+    flags.DEFINE_float(
+        "peak_distance", 14.0, "Many needles: pixels between two detections (local maxima)."
+    )
+    flags.DEFINE_float(
+        "detection_threshold", 0.5, "Many needles: the score of a detection for P/R/F1."
     )
     flags.DEFINE_string("tfds_data_dir", None, "TFDS data directory.")
     app.run(one_line_usage_errors(main))

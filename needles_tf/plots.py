@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pathlib
+
 import numpy as np
 from matplotlib import colormaps
 
+from needles_tf.atomic import atomic_path
 from needles_tf.metrics import has_needle
 
 
@@ -53,3 +56,13 @@ def outline(
     image[max(y1 - t + 1, y0) : y1 + 1, x0 : x1 + 1] = rgb
     image[y0 : y1 + 1, x0 : min(x0 + t, x1 + 1)] = rgb
     image[y0 : y1 + 1, max(x1 - t + 1, x0) : x1 + 1] = rgb
+
+
+def save_figure(figure, path: pathlib.Path) -> None:
+    """Writes a matplotlib figure as PNG, atomically, and closes it."""
+    from matplotlib import pyplot as plt
+
+    figure.tight_layout()
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, dpi=120, format="png")
+    plt.close(figure)

@@ -36,11 +36,13 @@ from needles_tf.atomic import atomic_write_text
 from needles_tf.callbacks import NonFiniteLossError, RunState, SaliencyOverlays, new_run_state
 from needles_tf.checkpointing import CheckpointManager, writable_directory
 from needles_tf.cli import one_line_usage_errors
-from needles_tf.data import pipeline, targets
+from needles_tf.data import dense, pipeline, targets
+from needles_tf.dense_training import DenseTraining, LossEpoch
 from needles_tf.layers.pooling import POOLINGS
 from needles_tf.localization.pseudo_labels import SeedRecipe
+from needles_tf.losses import DENSE_LOSSES, ExclusiveCrossEntropy
 from needles_tf.metrics import strict_json_metrics
-from needles_tf.models.backbone import BACKBONES
+from needles_tf.models.backbone import BACKBONES, get_backbone_class
 from needles_tf.models.bagnet import THREE_BY_THREE_BLOCKS
 from needles_tf.models.factory import build_model
 from needles_tf.models.heads import HEADS
@@ -65,6 +67,7 @@ RESUMABLE_CHANGES = (
     "checkpoint_every_steps",
     "overlay_images",
     "learning_rate",  # to go on at a lower rate, e.g. after a NaN loss
+    "export",
 )
 
 # The command line as parse_flags rewrote it: config_flags finds the --config.FIELD
@@ -304,6 +307,27 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                 "'dense' with a pixel head (its loss reaches every position)",
             )
         )
+    if is_dense(config):
+        checks += [
+            (
+                config.loss in DENSE_LOSSES,
+                "--config.loss",
+                config.loss,
+                f"one of {sorted(DENSE_LOSSES)}",
+            ),
+            (
+                0.0 < config.annotation_fraction <= 1.0,
+                "--config.annotation_fraction",
+                config.annotation_fraction,
+                "a fraction in (0, 1] of each training canvas's needles",
+            ),
+            (
+                config.get("backprop", "dense") == "dense",
+                "--backprop",
+                config.get("backprop"),
+                "'dense' with a dense loss (it reaches every cell)",
+            ),
+        ]
     if model.extractor == "bagnet":
         checks.append(
             (
@@ -316,6 +340,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     for ok, name, value, expected in checks:
         if not ok:
             raise ConfigError(f"{name}={value!r}: expected {expected}.")
+
+
+def is_dense(config: ml_collections.ConfigDict) -> bool:
+    """Whether the run trains per-cell targets (the sparse_shot family) instead of images."""
+    return "loss" in config
 
 
 def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int):
@@ -375,6 +404,8 @@ def compile_for_training(inference: keras.Model, config, steps_per_epoch: int) -
     flows only through the grid cells the pooled value depends on.
     """
     classes = config.model.num_classes
+    if is_dense(config):
+        return _dense_training(inference, config, steps_per_epoch)
     if config.model.get("pixel_head", ""):
         training = _pixelcam_training(inference, config)
     elif config.get("backprop", "dense") == "sparse":
@@ -398,6 +429,20 @@ def compile_for_training(inference: keras.Model, config, steps_per_epoch: int) -
                 num_labels=classes if classes > 1 else None,
             ),
         ],
+    )
+    return training
+
+
+def _dense_training(inference: keras.Model, config, steps_per_epoch: int) -> DenseTraining:
+    """The dense view: every cell's logit against the annotated needles, with config.loss."""
+    training = DenseTraining(inference, config.prior_probability, name="training")
+    loss = DENSE_LOSSES[config.loss](config)
+    if isinstance(loss, ExclusiveCrossEntropy):
+        loss.epoch = training.loss_epoch
+    training.compile(
+        optimizer=make_optimizer(config, steps_per_epoch),
+        loss=loss,
+        metrics=[keras.metrics.AUC(from_logits=True, name="auc")],
     )
     return training
 
@@ -536,6 +581,8 @@ def _train_locked(
             keras.callbacks.TensorBoard(log_dir=str(model_dir / "tensorboard")),
             *extra_callbacks,
         ]
+        if isinstance(training, DenseTraining):
+            callbacks.insert(0, LossEpoch())
         if config.get("precise_bn_images", 0) and batch_norm_layers(inference):
             at_start = state["global_step"] == 0
             dense = config.get("backprop", "dense") == "dense"
@@ -562,7 +609,8 @@ def _train_locked(
         "test": {k: float(v) for k, v in test_metrics.items()},
     }
     if chief:  # the export first: metrics.json marks a run as complete
-        export.export_model(inference, config, model_dir, class_names=data.class_names)
+        if config.get("export", True):
+            export.export_model(inference, config, model_dir, class_names=data.class_names)
         text = json.dumps(strict_json_metrics(metrics), indent=2, allow_nan=False)
         atomic_write_text(metrics_path, text)
     return metrics
@@ -610,6 +658,8 @@ def _datasets(config, data_dir: str | None, manual_dir: str | None) -> pipeline.
     except ValueError as error:  # an unknown dataset name
         raise ConfigError(str(error)) from error
     classes = pipeline.class_count(builder)
+    if is_dense(config):
+        return _dense_datasets(config, builder, data_dir)
     if classes != config.model.num_classes:
         raise ConfigError(
             f"--config.model.num_classes={config.model.num_classes}: {config.dataset} has "
@@ -641,6 +691,47 @@ def _datasets(config, data_dir: str | None, manual_dir: str | None) -> pipeline.
     )
     return pipeline.Splits(
         train_from,
+        validation,
+        test,
+        steps_per_epoch,
+        pipeline.class_names(builder),
+        statistics,
+    )
+
+
+def _dense_datasets(config, builder, data_dir: str | None) -> pipeline.Splits:
+    """Training crops with the annotated fraction's targets; whole canvases, every needle
+    a target, for validation and test."""
+    geometry = (
+        get_backbone_class(config.model.extractor)
+        .from_model_config(config.model, "float32")
+        .geometry
+    )
+    name, radius = config.dataset, config.target_radius
+    try:
+        stream = functools.partial(
+            dense.training_stream,
+            name,
+            config.annotation_fraction,
+            geometry,
+            radius,
+            config.crop_size,
+            config.batch_size,
+            config.seed,
+            data_dir,
+        )
+        _, steps_per_epoch = stream()
+        validation, test = (
+            dense.evaluation_batches(name, split, geometry, radius, config.batch_size, data_dir)
+            for split in ("validation", "test")
+        )
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
+    statistics = pipeline.first_images(
+        name, config.get("precise_bn_images", 0), config.batch_size, data_dir, 1
+    )
+    return pipeline.Splits(
+        lambda step: stream()[0].skip(step),
         validation,
         test,
         steps_per_epoch,

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -103,9 +105,19 @@ def tfds_dir(nmnist_64) -> str:
 
 @pytest.fixture(scope="module")
 def uninterrupted(tfds_dir, tmp_path_factory):
-    model_dir = tmp_path_factory.mktemp("uninterrupted")
-    metrics = train_module.train(tiny_config(), model_dir, tfds_data_dir=tfds_dir, verbose=0)
-    return model_dir, metrics
+    """The reference run, trained once per test session: pytest-xdist workers share one
+    training (under a lock, in the session's common temporary folder) and each gets its
+    own copy of the finished run."""
+    base = tmp_path_factory.getbasetemp()
+    shared = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shared-run"
+    with open(f"{shared}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (shared / "metrics.json").exists():
+            train_module.train(tiny_config(), shared, tfds_data_dir=tfds_dir, verbose=0)
+    model_dir = tmp_path_factory.mktemp("uninterrupted") / "run"
+    shutil.copytree(shared, model_dir)
+    (model_dir / LOCK_FILE).unlink(missing_ok=True)
+    return model_dir, json.loads((model_dir / "metrics.json").read_text())
 
 
 def test_a_run_writes_its_records_and_export(uninterrupted):
@@ -170,7 +182,7 @@ def test_a_kill_during_validation_resumes_to_the_same_weights(uninterrupted, tfd
     then trains epoch 2 on the uninterrupted run's batches (a second fit() call used to
     reshuffle them)."""
     reference_dir, _ = uninterrupted
-    config = tiny_config()
+    config = tiny_config(export=False)
     with pytest.raises(KeyboardInterrupt):
         train_module.train(
             config, tmp_path, tfds_data_dir=tfds_dir, extra_callbacks=(CrashInValidation(),)
@@ -182,6 +194,9 @@ def test_a_kill_during_validation_resumes_to_the_same_weights(uninterrupted, tfd
     )
     assert steps.steps == 2 * STEPS_PER_EPOCH - 2
     assert_same_checkpoint_weights(tmp_path, reference_dir, "ckpt-6")
+    # --config.export=False: a finished run of weights and records, no export
+    assert (tmp_path / "metrics.json").exists()
+    assert not (tmp_path / "saved_model").exists() and not (tmp_path / "model.keras").exists()
 
 
 class LearningRateAtStart(keras.callbacks.Callback):
@@ -197,7 +212,9 @@ def test_a_failed_start_leaves_no_config_and_a_lower_rate_resumes(tfds_dir, tmp_
     with pytest.raises(train_module.ConfigError, match="needs values in"):
         train_module.train(broken, tmp_path, tfds_data_dir=tfds_dir, verbose=0)
     assert not (tmp_path / "config.json").exists()
-    config = tiny_config(overlay_images=0, lr_decay_epochs=(), checkpoint_every_steps=0)
+    config = tiny_config(
+        overlay_images=0, lr_decay_epochs=(), checkpoint_every_steps=0, export=False
+    )
     with pytest.raises(KeyboardInterrupt):
         train_module.train(
             config, tmp_path, tfds_data_dir=tfds_dir, extra_callbacks=(Crash(4),), verbose=0
@@ -609,7 +626,7 @@ def test_resume_passes_over_a_truncated_checkpoint(uninterrupted, tfds_dir, tmp_
     """The newest checkpoint cut short (a full disk, a copy): resume from the one before,
     and still end with the uninterrupted run's weights."""
     reference_dir, _ = uninterrupted
-    config = tiny_config(overlay_images=0)
+    config = tiny_config(overlay_images=0, export=False)
     with pytest.raises(KeyboardInterrupt):
         train_module.train(
             config, tmp_path, tfds_data_dir=tfds_dir, extra_callbacks=(Crash(4),), verbose=0
@@ -640,7 +657,7 @@ def test_precise_batch_norm_keeps_short_runs_from_validating_on_garbage(tfds_dir
     steps; statistics re-estimated on training images describe the data."""
     losses = {}
     for images in (0, 12):
-        config = batch_norm_config(precise_bn_images=images)
+        config = batch_norm_config(precise_bn_images=images, export=False)
         train_module.train(config, tmp_path / str(images), tfds_data_dir=tfds_dir, verbose=0)
         history = (tmp_path / str(images) / "history.csv").read_text().splitlines()
         column = history[0].split(",").index("val_loss")
@@ -697,7 +714,7 @@ def test_a_curriculum_starts_each_stage_from_the_last_and_resumes(
 
     first_run, _ = uninterrupted
     start = FirstWeights()
-    config = tiny_config(epochs=1, overlay_images=0, init_from=str(first_run))
+    config = tiny_config(epochs=1, overlay_images=0, init_from=str(first_run), export=False)
     config.curriculum = ("nmnist/canvas_64:1", "nmnist/canvas_64:1")
     metrics = train_module.train_curriculum(
         config, tmp_path, tfds_data_dir=tfds_dir, verbose=0, extra_callbacks=(start,)

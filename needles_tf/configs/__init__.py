@@ -21,7 +21,7 @@ from typing import Any
 import ml_collections
 
 # Family name -> its module in this package.
-CONFIGS = ("nmnist", "ncamelyon", "multires", "pixelcam")
+CONFIGS = ("nmnist", "ncamelyon", "multires", "pixelcam", "sparse_shot")
 DEFAULT = "nmnist"
 
 

@@ -118,6 +118,9 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     # (needles_tf/precise_bn.py); 0: keep the moving averages
     config.precise_bn_images = 256
     config.overlay_images = 8  # validation images drawn with their saliency in TensorBoard
+    # write the SavedModel and model.keras when training ends; False for many runs whose
+    # weights are enough (`python -m needles_tf.export --model_dir=RUN` exports later)
+    config.export = True
     if preset:
         apply_preset(config, preset, PRESETS)
     return config

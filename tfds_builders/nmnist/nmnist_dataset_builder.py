@@ -35,12 +35,23 @@ CANVAS_CLUTTER = {64: 2, 128: 5, 256: 25, 512: 100, 1024: 400, 2048: 1600, 4096:
 
 @dataclasses.dataclass
 class NmnistConfig(tfds.core.BuilderConfig):
-    """One canvas size; `train_repeats` > 1 reuses each training 3 that many times."""
+    """One canvas size; `train_repeats` > 1 reuses each training 3 that many times.
+
+    `max_needles` > 0 makes a many-needles config: every canvas holds `min_needles` to
+    `max_needles` 3s, all of them boxed, with a random annotation order (sparse-shot
+    localization; see README.md).
+    """
 
     canvas_size: int = 64
     num_clutter: int = 2
     train_repeats: int = 1
     seed: int = 2019
+    min_needles: int = 0
+    max_needles: int = 0
+
+    @property
+    def many_needles(self) -> bool:
+        return self.max_needles > 0
 
 
 def _make_config(canvas_size: int, num_clutter: int, train_repeats: int = 1) -> NmnistConfig:
@@ -59,16 +70,39 @@ def _make_config(canvas_size: int, num_clutter: int, train_repeats: int = 1) -> 
     )
 
 
+# Canvas side -> (fewest, most) needles of a many-needles canvas; the clutter is that of
+# CANVAS_CLUTTER (issue 18: "find every 3", after Panteli et al. 2021's many localizations).
+MANY_NEEDLES = {512: (10, 40), 1024: (40, 160)}
+MANY_NEEDLES_USES = 2  # each 3 of a split appears on about two canvases
+
+
+def _make_many_needles_config(canvas_size: int) -> NmnistConfig:
+    low, high = MANY_NEEDLES[canvas_size]
+    clutter = CANVAS_CLUTTER[canvas_size]
+    return NmnistConfig(
+        name=f"many_needles_{canvas_size}",
+        description=(
+            f"{canvas_size}x{canvas_size} canvas, {low}-{high} 3s among {clutter} other "
+            "digits; every 3 boxed, with a random annotation order for sparse subsets."
+        ),
+        canvas_size=canvas_size,
+        num_clutter=clutter,
+        min_needles=low,
+        max_needles=high,
+    )
+
+
 class Builder(tfds.core.GeneratorBasedBuilder):
     """DatasetBuilder for nMNIST."""
 
+    # many_needles_* were added within 1.0.0: new configs, the canvas_* records unchanged.
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release."}
     BUILDER_CONFIGS = [
         _make_config(size, clutter, repeats)
         for repeats in (1, 2)
         for size, clutter in CANVAS_CLUTTER.items()
-    ]
+    ] + [_make_many_needles_config(size) for size in MANY_NEEDLES]
     DEFAULT_BUILDER_CONFIG_NAME = "canvas_256"
 
     def __init__(self, *, num_workers: int | None = None, **kwargs):
@@ -77,25 +111,59 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         self._num_workers = num_workers or parallel.default_num_workers()
 
     def _info(self) -> tfds.core.DatasetInfo:
-        size = self.builder_config.canvas_size
-        canvas = (size, size, 1)
+        config = self.builder_config
+        canvas = (config.canvas_size, config.canvas_size, 1)
+        if config.many_needles:
+            features = {
+                "label": tfds.features.ClassLabel(
+                    names=["absent", "present"], doc="Always present: every canvas holds 3s."
+                ),
+                "needle_mask": tfds.features.Image(
+                    shape=canvas,
+                    use_colormap=True,
+                    doc="1 where any 3's own pixels are non-zero, else 0.",
+                ),
+                "needles": tfds.features.FeaturesDict(
+                    {
+                        "bbox": tfds.features.Tensor(
+                            shape=(None, 4),
+                            dtype=np.float32,
+                            doc="[ymin, xmin, ymax, xmax] in [0, 1] of every 3 on the canvas.",
+                        ),
+                        "annotation_rank": tfds.features.Tensor(
+                            shape=(None,),
+                            dtype=np.int32,
+                            doc="Each 3's place in a random order (a permutation of 0..n-1): "
+                            "annotating a fraction f keeps the 3s of rank < ceil(f * n).",
+                        ),
+                    }
+                ),
+                "o2i": tfds.features.Scalar(np.float32, doc="One 3's box area / canvas area."),
+            }
+        else:
+            features = {
+                "label": tfds.features.ClassLabel(
+                    names=["absent", "present"], doc="Whether a digit 3 is on the canvas."
+                ),
+                "needle_bbox": tfds.features.BBoxFeature(
+                    doc="28x28 box of the 3; the empty box (0, 0, 0, 0) for negatives."
+                ),
+                "needle_mask": tfds.features.Image(
+                    shape=canvas,
+                    use_colormap=True,
+                    doc="1 where the 3's own pixels are non-zero, else 0; all 0 for negatives.",
+                ),
+                "o2i": tfds.features.Scalar(
+                    np.float32, doc="Needle box area / canvas area; 0 for negatives."
+                ),
+            }
         return self.dataset_info_from_configs(
             features=tfds.features.FeaturesDict(
                 {
                     "image": tfds.features.Image(
                         shape=canvas, doc="MNIST digits added onto a black canvas, clipped at 255."
                     ),
-                    "label": tfds.features.ClassLabel(
-                        names=["absent", "present"], doc="Whether a digit 3 is on the canvas."
-                    ),
-                    "needle_bbox": tfds.features.BBoxFeature(
-                        doc="28x28 box of the 3; the empty box (0, 0, 0, 0) for negatives."
-                    ),
-                    "needle_mask": tfds.features.Image(
-                        shape=canvas,
-                        use_colormap=True,
-                        doc="1 where the 3's own pixels are non-zero, else 0; all 0 for negatives.",
-                    ),
+                    **features,
                     # Per-field tensors rather than a tfds Sequence of dicts: the
                     # Sequence encodes element by element in the single writer
                     # process (~8 ms for canvas_1024's 401 digits), which would cap
@@ -106,7 +174,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                                 shape=(None, 4),
                                 dtype=np.float32,
                                 doc="[ymin, xmin, ymax, xmax] in [0, 1] of every placed digit "
-                                "(the 3 first in positives), as tfds.features.BBox.",
+                                "(the 3s first), as tfds.features.BBox.",
                             ),
                             "digit": tfds.features.Tensor(
                                 shape=(None,),
@@ -120,9 +188,6 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                                 "(train, validation) or t10k file (test).",
                             ),
                         }
-                    ),
-                    "o2i": tfds.features.Scalar(
-                        np.float32, doc="Needle box area / canvas area; 0 for negatives."
                     ),
                 }
             ),
@@ -163,20 +228,44 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                 f"{len(pool.clutter)} other digits; expected at least one of each."
             )
         config = self.builder_config
+        if config.many_needles:
+            yield from self._generate_many_needles(split, pool)
+            return
         layout = synthesis.Layout(
             canvas_size=config.canvas_size,
             num_clutter=config.num_clutter,
             seed=config.seed,
             split_key=SPLIT_KEYS[split],
         )
-        chunk_size = int(np.clip(4_000_000 // config.canvas_size**2, 1, 256))
         yield from parallel.ordered_map(
             synthesis.render,
             (layout, pool),
             range(pool.num_examples(repeats)),
             num_workers=self._num_workers,
-            chunk_size=chunk_size,
+            chunk_size=_chunk_size(config.canvas_size),
         )
+
+    def _generate_many_needles(self, split: str, pool: synthesis.DigitPool):
+        config = self.builder_config
+        layout = synthesis.ManyNeedlesLayout(
+            canvas_size=config.canvas_size,
+            min_needles=config.min_needles,
+            max_needles=config.max_needles,
+            num_clutter=config.num_clutter,
+            seed=config.seed,
+            split_key=SPLIT_KEYS[split],
+        )
+        yield from parallel.ordered_map(
+            synthesis.render_many,
+            (layout, pool),
+            range(layout.num_examples(pool, MANY_NEEDLES_USES)),
+            num_workers=self._num_workers,
+            chunk_size=_chunk_size(config.canvas_size),
+        )
+
+
+def _chunk_size(canvas_size: int) -> int:
+    return int(np.clip(4_000_000 // canvas_size**2, 1, 256))
 
 
 def _fetch_mnist(dl_manager: tfds.download.DownloadManager) -> dict[str, epath.Path]:

@@ -22,5 +22,13 @@ class NmnistTrainRepeatsTest(NmnistTest):
     SPLITS = {"train": 24, "validation": 12, "test": 16}
 
 
+class NmnistManyNeedlesTest(NmnistTest):
+    """many_needles_512: 10-40 boxed 3s per canvas; dummy_data's few 3s make one canvas
+    per split (each 3 used about twice)."""
+
+    BUILDER_CONFIG_NAMES_TO_TEST = ["many_needles_512"]
+    SPLITS = {"train": 1, "validation": 1, "test": 1}
+
+
 if __name__ == "__main__":
     tfds.testing.test_main()

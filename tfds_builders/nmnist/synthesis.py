@@ -139,3 +139,90 @@ def to_features(example: Example, layout: Layout) -> dict:
 def render(layout: Layout, pool: DigitPool, k: int) -> dict:
     """Example `k` of a split as TFDS features."""
     return to_features(compose(layout, pool, k), layout)
+
+
+@dataclasses.dataclass(frozen=True)
+class ManyNeedlesLayout:
+    """A many-needles split: every canvas holds between `min_needles` and `max_needles`
+    digits 3 among `num_clutter` other digits, and the task is to find all of them."""
+
+    canvas_size: int
+    min_needles: int
+    max_needles: int
+    num_clutter: int
+    seed: int
+    split_key: int
+
+    def num_examples(self, pool: DigitPool, uses: int) -> int:
+        """As many canvases as use each 3 of the pool about `uses` times (at least one)."""
+        mean_needles = (self.min_needles + self.max_needles) / 2
+        return max(1, round(uses * len(pool.needles) / mean_needles))
+
+
+@dataclasses.dataclass(frozen=True)
+class ManyNeedlesExample:
+    """A canvas with many needles; objects [0, n) are the needles."""
+
+    image: np.ndarray  # (S, S) uint8
+    corners: np.ndarray  # (n + clutter, 2) int: top-left (row, col) of every placed digit
+    sources: np.ndarray  # (n + clutter,) int: MNIST index of every placed digit
+    digits: np.ndarray  # (n + clutter,) int
+    num_needles: int
+    # (n,) int: the needles in a random order; a fraction f of the needles is annotated by
+    # those of rank < ceil(f * n), so smaller fractions are subsets of larger ones
+    annotation_rank: np.ndarray
+    needle_mask: np.ndarray  # (S, S) bool: pixels where any needle is non-zero
+
+
+def compose_many(layout: ManyNeedlesLayout, pool: DigitPool, k: int) -> ManyNeedlesExample:
+    """Composes canvas `k` of a many-needles split: a pure function of (layout, pool, k)."""
+    rng = np.random.default_rng(
+        [layout.seed, layout.canvas_size, layout.max_needles, layout.split_key, k]
+    )
+    size = layout.canvas_size
+    num_needles = int(rng.integers(layout.min_needles, layout.max_needles + 1))
+    needles = pool.needles[rng.integers(0, len(pool.needles), num_needles)]
+    clutter = pool.clutter[rng.integers(0, len(pool.clutter), layout.num_clutter)]
+    sources = np.concatenate([needles, clutter])
+    corners = rng.integers(0, size - DIGIT_SIZE + 1, size=(len(sources), 2))
+    annotation_rank = rng.permutation(num_needles)
+
+    canvas = np.zeros((size, size), np.uint16)
+    needle_mask = np.zeros((size, size), bool)
+    for index, ((row, col), source) in enumerate(
+        zip(corners.tolist(), sources.tolist(), strict=True)
+    ):
+        canvas[row : row + DIGIT_SIZE, col : col + DIGIT_SIZE] += pool.images[source]
+        if index < num_needles:
+            needle_mask[row : row + DIGIT_SIZE, col : col + DIGIT_SIZE] |= pool.images[source] > 0
+    np.minimum(canvas, 255, out=canvas)
+    return ManyNeedlesExample(
+        image=canvas.astype(np.uint8),
+        corners=corners,
+        sources=sources,
+        digits=pool.labels[sources].astype(np.int64),
+        num_needles=num_needles,
+        annotation_rank=annotation_rank.astype(np.int32),
+        needle_mask=needle_mask,
+    )
+
+
+def render_many(layout: ManyNeedlesLayout, pool: DigitPool, k: int) -> dict:
+    """Canvas `k` of a many-needles split as TFDS features."""
+    example = compose_many(layout, pool, k)
+    boxes = normalized_boxes(example.corners, layout.canvas_size)
+    return {
+        "image": encode_gray_png(example.image),
+        "label": 1,
+        "needle_mask": encode_gray_png(example.needle_mask.view(np.uint8)),
+        "needles": {
+            "bbox": boxes[: example.num_needles],
+            "annotation_rank": example.annotation_rank,
+        },
+        "objects": {
+            "bbox": boxes,
+            "digit": example.digits,
+            "mnist_index": example.sources.astype(np.int32),
+        },
+        "o2i": np.float32(DIGIT_SIZE**2 / layout.canvas_size**2),
+    }
