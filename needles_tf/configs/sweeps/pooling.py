@@ -1,0 +1,45 @@
+"""Global pooling vs O2I (Pawlowski et al. 2019, §3 "Global pooling operations", Fig. 7c, 8).
+
+    python -m needles_tf.sweep --sweep=pooling:cpu --workdir=runs/pooling
+    python -m needles_tf.sweep --sweep=pooling:paper --workdir=DIR --shard=1/8
+
+The paper: max, logsumexp, mean and soft attention pooling after the RF-33 BagNet,
+every O2I of nMNIST, six seeds, its protocol (RMSProp 5e-5, 200 epochs); all poolings
+alike at large O2I, max best at small ones. `cpu`: two canvases, 2,819 training
+images, the short cpu_canvas64 recipe for 4 epochs, two seeds.
+"""
+
+import ml_collections
+
+SCALES = ("cpu", "paper")
+
+
+def get_config(scale: str = "cpu") -> ml_collections.ConfigDict:
+    if scale not in SCALES:
+        raise ValueError(f"scale {scale!r}: expected one of {SCALES}")
+    sweep = ml_collections.ConfigDict()
+    poolings = ("max", "lse", "mean", "attention")
+    if scale == "paper":
+        sweep.config = "nmnist"
+        sweep.fixed = (("export", False),)
+        canvases = (64, 128, 256, 512, 1024)
+        seeds = tuple(range(6))
+    else:
+        sweep.config = "nmnist:cpu_canvas64"
+        sweep.fixed = (
+            ("train_size", 2819),
+            ("epochs", 4),
+            ("lr_decay_epochs", (3,)),
+            ("export", False),
+        )
+        canvases = (64, 128)
+        seeds = (0, 1)
+    sweep.axes = (
+        ("dataset", tuple(f"nmnist/canvas_{side}" for side in canvases)),
+        ("model.pooling", poolings),
+        ("seed", seeds),
+    )
+    sweep.report = ml_collections.ConfigDict(
+        {"kind": "bars", "x": "dataset", "series": "model.pooling", "metric": "test.accuracy"}
+    )
+    return sweep

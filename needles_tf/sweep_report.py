@@ -1,0 +1,185 @@
+"""A sweep's finished points -> results.csv (mean and standard deviation over seeds) and its figure.
+
+The sweep file's `report` settings choose the figure (Pawlowski et al. 2019, Fig. 4-9):
+
+    kind    "line": `metric` against the axis `x`, one line per value of `series`,
+            error bars of one standard deviation over seeds;
+            "heatmap": `metric` over the axes `x` and `series`, with the smallest
+            value of `series` reaching each of `thresholds` at each `x` marked;
+            "bars": `metric` per value of `x` (and `series`), hatched where not every
+            seed fitted its training set (training accuracy above FIT_ACCURACY)
+    x, series   dotted fields of the axes ("" for no series)
+    metric      a key path of metrics.json, e.g. "test.accuracy" or "validation.accuracy"
+
+Points are grouped by every axis but `seed`; a group's row holds its seeds' count,
+the metric's mean and standard deviation, the share of seeds that fitted the training
+set and the mean epochs they took to fit it (from history.csv).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import pathlib
+from typing import Any
+
+import numpy as np
+
+from needles_tf.atomic import atomic_write_text
+from needles_tf.plots import save_figure
+
+SEED_FIELD = "seed"
+FIT_ACCURACY = 0.99  # Pawlowski et al. 2019, Fig. 9: training accuracy above 99%
+
+
+def _lookup(metrics: dict, path: str) -> float:
+    value: Any = metrics
+    for key in path.split("."):
+        value = value[key]
+    return float(value)
+
+
+def _fit_epoch(history: pathlib.Path) -> int | None:
+    """The first epoch whose training accuracy exceeds FIT_ACCURACY, or None."""
+    if not history.exists():
+        return None
+    rows = list(csv.DictReader(history.read_text().splitlines()))
+    for row in rows:
+        if "accuracy" in row and float(row["accuracy"]) > FIT_ACCURACY:
+            return int(row["epoch"])
+    return None
+
+
+def gather(sweep, points, workdir: pathlib.Path) -> list[dict[str, Any]]:
+    """One row per group of points that differ only in their seed (finished points only)."""
+    metric = sweep.report.metric
+    groups: dict[tuple, list] = {}
+    for point in points:
+        run = workdir / point.name
+        if not (run / "metrics.json").exists():
+            continue
+        key = tuple((f, v) for f, v in point.values if f != SEED_FIELD)
+        metrics = json.loads((run / "metrics.json").read_text())
+        groups.setdefault(key, []).append(
+            (_lookup(metrics, metric), _fit_epoch(run / "history.csv"))
+        )
+    rows = []
+    for key, results in groups.items():
+        values = np.array([value for value, _ in results])
+        fitted = [epoch for _, epoch in results if epoch is not None]
+        rows.append(
+            {
+                **{field: value for field, value in key},
+                "seeds": len(results),
+                f"{metric}_mean": float(values.mean()),
+                f"{metric}_std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+                "fit_share": len(fitted) / len(results),
+                "epochs_to_fit": float(np.mean(fitted)) if fitted else math.nan,
+            }
+        )
+    return rows
+
+
+def write_csv(rows: list[dict[str, Any]], path: pathlib.Path) -> None:
+    text = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(text, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    atomic_write_text(path, text.getvalue())
+
+
+def _ordered(sweep, field: str) -> list:
+    return list(dict(sweep.axes)[field]) if field else [None]
+
+
+def draw(sweep, rows: list[dict[str, Any]], path: pathlib.Path) -> None:
+    from matplotlib import pyplot as plt
+
+    settings = sweep.report
+    metric, x, series = settings.metric, settings.x, settings.get("series", "")
+    mean, std = f"{metric}_mean", f"{metric}_std"
+    xs, lines = _ordered(sweep, x), _ordered(sweep, series)
+
+    def row(x_value, line):
+        for r in rows:
+            if r[x] == x_value and (not series or r[series] == line):
+                return r
+        return None
+
+    figure, axes = plt.subplots(figsize=(6, 4))
+    labels = [str(v).rsplit("/", 1)[-1] for v in xs]
+    if settings.kind == "heatmap":
+        grid = np.full((len(lines), len(xs)), np.nan)
+        for i, line in enumerate(lines):
+            for j, x_value in enumerate(xs):
+                if (r := row(x_value, line)) is not None:
+                    grid[i, j] = r[mean]
+        image = axes.imshow(grid, origin="lower", cmap="viridis", vmin=0.5, vmax=1.0)
+        figure.colorbar(image, ax=axes, label=metric)
+        for threshold, marker in zip(settings.thresholds, "os^", strict=False):
+            reached = [
+                (j, next((i for i in range(len(lines)) if grid[i, j] >= threshold), None))
+                for j in range(len(xs))
+            ]
+            points = [(j, i) for j, i in reached if i is not None]
+            if points:
+                axes.plot(*zip(*points, strict=True), marker, mfc="none", mec="white", ms=12,
+                          label=f"smallest reaching {threshold:g}")  # fmt: skip
+        axes.set_yticks(range(len(lines)), [str(v) for v in lines])
+        axes.set_xticks(range(len(xs)), labels)
+        axes.set(xlabel=x, ylabel=series)
+        if settings.thresholds:
+            axes.legend(loc="upper right", fontsize=8)
+    elif settings.kind == "bars":
+        width = 0.8 / len(lines)
+        for k, line in enumerate(lines):
+            for j, x_value in enumerate(xs):
+                if (r := row(x_value, line)) is None:
+                    continue
+                axes.bar(
+                    j + (k - (len(lines) - 1) / 2) * width,
+                    r[mean],
+                    width,
+                    yerr=r[std],
+                    color=f"C{k}",
+                    hatch="" if r["fit_share"] == 1.0 else "//",
+                    edgecolor="black",
+                    label=f"{series}={line}" if series and j == 0 else None,
+                )
+        axes.set_xticks(range(len(xs)), labels)
+        axes.set(xlabel=x, ylabel=metric, ylim=(0, 1))
+        axes.set_title("hatched: not every seed fitted the training set", fontsize=9)
+        if series:
+            axes.legend(fontsize=8)
+    else:  # line
+        for line in lines:
+            found = [(j, row(x_value, line)) for j, x_value in enumerate(xs)]
+            found = [(j, r) for j, r in found if r is not None]
+            if found:
+                axes.errorbar(
+                    [j for j, _ in found],
+                    [r[mean] for _, r in found],
+                    yerr=[r[std] for _, r in found],
+                    marker="o",
+                    capsize=3,
+                    label=f"{series}={line}" if series else None,
+                )
+        axes.set_xticks(range(len(xs)), labels)
+        axes.set(xlabel=x, ylabel=metric, ylim=(0, 1))
+        if series:
+            axes.legend(fontsize=8)
+    save_figure(figure, path)
+
+
+def report(sweep, points, workdir: pathlib.Path) -> list[dict[str, Any]]:
+    """Writes WORKDIR/results.csv and WORKDIR/figure.png; returns the rows."""
+    rows = gather(sweep, points, workdir)
+    if not rows:
+        raise ValueError(f"--workdir={workdir}: no finished point of this sweep there yet.")
+    write_csv(rows, workdir / "results.csv")
+    draw(sweep, rows, workdir / "figure.png")
+    print(f"{len(rows)} rows: {workdir / 'results.csv'}, {workdir / 'figure.png'}")
+    return rows

@@ -1,0 +1,126 @@
+"""Sweeps: the grid, shards, skipping finished points, the report, bad sweep files."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from needles_tf import sweep, sweep_report
+
+
+def test_the_grid_expands_as_declared_with_stable_unique_names():
+    spec = sweep.load_sweep("pooling:cpu")
+    points = sweep.expand(spec)
+    assert len(points) == 2 * 4 * 2
+    assert len({p.name for p in points}) == len(points)
+    assert points[0].name == "dataset=canvas_64-pooling=max-seed=0"
+    assert points[0].values == (
+        ("dataset", "nmnist/canvas_64"),
+        ("model.pooling", "max"),
+        ("seed", 0),
+    )
+    assert [p.name for p in sweep.expand(sweep.load_sweep("pooling:cpu"))] == [
+        p.name for p in points
+    ]
+    paper = sweep.expand(sweep.load_sweep("pooling:paper"))
+    assert len(paper) == 5 * 4 * 6
+
+
+def test_shards_partition_the_points_exactly():
+    points = sweep.expand(sweep.load_sweep("pooling:cpu"))
+    shards = [sweep.shard(points, f"{i}/3") for i in (1, 2, 3)]
+    names = [p.name for part in shards for p in part]
+    assert sorted(names) == sorted(p.name for p in points)
+    assert len(names) == len(set(names))
+    for bad in ("0/3", "4/3", "1-3", "x"):
+        with pytest.raises(sweep.SweepError, match=f"--shard={bad}"):
+            sweep.shard(points, bad)
+
+
+def test_a_point_is_an_ordinary_training_command():
+    spec = sweep.load_sweep("pooling:cpu")
+    point = sweep.expand(spec)[0]
+    command = sweep.train_command(spec, point, pathlib.Path("W"), ["--tfds_data_dir=D"])
+    assert command[1:4] == ["-m", "needles_tf.train", "--config=nmnist:cpu_canvas64"]
+    assert "--config.lr_decay_epochs=(3,)" in command
+    assert "--config.model.pooling=max" in command and "--config.seed=0" in command
+    assert command[-2:] == [f"--model_dir={pathlib.Path('W') / point.name}", "--tfds_data_dir=D"]
+
+
+def test_finished_points_are_skipped_and_the_others_run(tmp_path, monkeypatch):
+    spec = sweep.load_sweep("pooling:cpu")
+    points = sweep.expand(spec)[:3]
+    (tmp_path / points[1].name).mkdir()
+    (tmp_path / points[1].name / "metrics.json").write_text("{}")
+    ran = []
+
+    def fake_run(command, **kwargs):
+        ran.append(command[-1].split("=", 1)[1])
+        return subprocess.CompletedProcess(command, 0 if len(ran) == 1 else 3)
+
+    monkeypatch.setattr(sweep.subprocess, "run", fake_run)
+    failed = sweep.run_points(spec, points, tmp_path, jobs=1, extra=[])
+    assert ran == [str(tmp_path / points[0].name), str(tmp_path / points[2].name)]
+    assert failed == [points[2].name]
+
+
+def write_run(run: pathlib.Path, accuracy: float, train_accuracies: list[float]) -> None:
+    run.mkdir(parents=True)
+    (run / "metrics.json").write_text(json.dumps({"test": {"accuracy": accuracy}}))
+    rows = [f"{epoch},{acc}" for epoch, acc in enumerate(train_accuracies, start=1)]
+    (run / "history.csv").write_text("epoch,accuracy\n" + "\n".join(rows) + "\n")
+
+
+@pytest.mark.parametrize("kind", ["bars", "line", "heatmap"])
+def test_the_report_averages_seeds_and_draws_the_figure(tmp_path, kind):
+    spec = sweep.load_sweep("pooling:cpu")
+    spec.report.kind = kind
+    spec.report.thresholds = (0.7, 0.85)
+    points = [p for p in sweep.expand(spec) if p.name.startswith("dataset=canvas_64-pooling=max")]
+    write_run(tmp_path / points[0].name, 0.8, [0.6, 0.995])
+    write_run(tmp_path / points[1].name, 0.9, [0.6, 0.7])
+    rows = sweep_report.report(spec, sweep.expand(spec), tmp_path)
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["seeds"] == 2 and row["test.accuracy_mean"] == pytest.approx(0.85)
+    assert row["test.accuracy_std"] == pytest.approx(0.0707107, rel=1e-5)
+    assert row["fit_share"] == 0.5 and row["epochs_to_fit"] == 2
+    lines = (tmp_path / "results.csv").read_text().splitlines()
+    assert lines[0].startswith("dataset,model.pooling,seeds,test.accuracy_mean") and len(lines) == 2
+    assert (tmp_path / "figure.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_bad_sweep_file_names_the_field(tmp_path):
+    path = tmp_path / "mine.py"
+    path.write_text(
+        textwrap.dedent(
+            """
+            import ml_collections
+
+            def get_config(scale):
+                return ml_collections.ConfigDict({"config": "nmnist", "fixed": ()})
+            """
+        )
+    )
+    with pytest.raises(sweep.SweepError, match=r"mine.py: the sweep has no field 'axes'"):
+        sweep.load_sweep(f"{path}:cpu")
+    with pytest.raises(sweep.SweepError, match=r"--sweep=nothing: no file .*installed sweeps"):
+        sweep.load_sweep("nothing")
+    with pytest.raises(sweep.SweepError, match=r"--sweep=pooling:huge: scale 'huge'"):
+        sweep.load_sweep("pooling:huge")
+
+
+def test_the_command_line_reports_nothing_finished_in_one_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "needles_tf.sweep", "--sweep=pooling:cpu", "--report",
+         f"--workdir={tmp_path}"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert "no finished point of this sweep there yet" in last, last
