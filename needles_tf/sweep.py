@@ -11,6 +11,12 @@ returning an ml_collections ConfigDict with
     fixed   ((dotted field, value), ...) set in every run
     axes    ((dotted field, (value, ...)), ...): the grid is their product, in this order
 
+and, optionally,
+
+    derived a function of a point's axis values ({dotted field: value}) returning more
+            settings ((field, value), ...), for fields that follow the axes (e.g. the
+            `_train_x2` dataset for training-set sizes above one use of each 3)
+
 and the report's settings (needles_tf/sweep_report.py). Every point is an ordinary
 training run in WORKDIR/<point name>, run as `python -m needles_tf.train` in its own
 process: a finished point (metrics.json) is skipped, an interrupted one resumes.
@@ -79,6 +85,8 @@ def load_sweep(spec: str) -> ml_collections.ConfigDict:
     for field, values in sweep.axes:
         if not isinstance(values, tuple | list) or not values:
             raise SweepError(f"{path}: axes '{field}' has no values; expected a tuple of them.")
+    if "derived" in sweep and not callable(sweep.derived):
+        raise SweepError(f"{path}: 'derived' is not a function of a point's axis values.")
     return sweep
 
 
@@ -123,14 +131,23 @@ def flag_value(value: Any) -> str:
     return str(value)
 
 
+def settings(sweep, point: Point) -> dict[str, Any]:
+    """Every field a point sets: the fixed ones, its axis values, then the derived ones."""
+    values = dict(point.values)
+    derived = dict(sweep.derived(values)) if "derived" in sweep else {}
+    return {**dict(sweep.fixed), **values, **derived}
+
+
 def train_command(sweep, point: Point, workdir: pathlib.Path, extra: list[str]) -> list[str]:
-    settings = [*sweep.fixed, *point.values]
     return [
         sys.executable,
         "-m",
         "needles_tf.train",
         f"--config={sweep.config}",
-        *(f"--config.{field}={flag_value(value)}" for field, value in settings),
+        *(
+            f"--config.{field}={flag_value(value)}"
+            for field, value in settings(sweep, point).items()
+        ),
         f"--model_dir={workdir / point.name}",
         *extra,
     ]

@@ -7,7 +7,9 @@ The sweep file's `report` settings choose the figure (Pawlowski et al. 2019, Fig
             "heatmap": `metric` over the axes `x` and `series`, with the smallest
             value of `series` reaching each of `thresholds` at each `x` marked;
             "bars": `metric` per value of `x` (and `series`), hatched where not every
-            seed fitted its training set (training accuracy above FIT_ACCURACY)
+            seed fitted its training set (training accuracy above FIT_ACCURACY);
+            "fit": like "bars", the mean epochs the fitting seeds took to fit, with the
+            share of seeds that fitted written above each bar (Fig. 9)
     x, series   dotted fields of the axes ("" for no series)
     metric      a key path of metrics.json, e.g. "test.accuracy" or "validation.accuracy"
 
@@ -133,25 +135,39 @@ def draw(sweep, rows: list[dict[str, Any]], path: pathlib.Path) -> None:
         axes.set(xlabel=x, ylabel=series)
         if settings.thresholds:
             axes.legend(loc="upper right", fontsize=8)
-    elif settings.kind == "bars":
+    elif settings.kind in ("bars", "fit"):
+        fit = settings.kind == "fit"
         width = 0.8 / len(lines)
         for k, line in enumerate(lines):
             for j, x_value in enumerate(xs):
                 if (r := row(x_value, line)) is None:
                     continue
+                centre = j + (k - (len(lines) - 1) / 2) * width
+                height = r[mean]
+                if fit:  # no bar where no seed fitted
+                    height = 0.0 if math.isnan(r["epochs_to_fit"]) else r["epochs_to_fit"]
                 axes.bar(
-                    j + (k - (len(lines) - 1) / 2) * width,
-                    r[mean],
+                    centre,
+                    height,
                     width,
-                    yerr=r[std],
+                    yerr=None if fit else r[std],
                     color=f"C{k}",
                     hatch="" if r["fit_share"] == 1.0 else "//",
                     edgecolor="black",
                     label=f"{series}={line}" if series and j == 0 else None,
                 )
+                if fit:  # the share of seeds that fitted, above the bar
+                    share = f"{r['fit_share']:.0%}"
+                    axes.annotate(share, (centre, height), ha="center", va="bottom", fontsize=7)
         axes.set_xticks(range(len(xs)), labels)
-        axes.set(xlabel=x, ylabel=metric, ylim=(0, 1))
-        axes.set_title("hatched: not every seed fitted the training set", fontsize=9)
+        if fit:
+            axes.set(xlabel=x, ylabel=f"epochs to training accuracy > {FIT_ACCURACY:g}")
+            axes.set_title(
+                "share of seeds that fitted above each bar; hatched: not all", fontsize=9
+            )
+        else:
+            axes.set(xlabel=x, ylabel=metric, ylim=(0, 1))
+            axes.set_title("hatched: not every seed fitted the training set", fontsize=9)
         if series:
             axes.legend(fontsize=8)
     else:  # line

@@ -31,6 +31,25 @@ def test_the_grid_expands_as_declared_with_stable_unique_names():
     assert len(paper) == 5 * 4 * 6
 
 
+@pytest.mark.parametrize(
+    "name, cpu, paper",
+    [("o2i", 2 * 2, 5 * 6), ("o2i_vs_size", 2 * 3, 5 * 6 * 6), ("capacity", 2 * 3 * 2, 5 * 4 * 6),
+     ("optimization", 2 * 2 * 3, 5 * 4 * 6), ("receptive_field", 3 * 2, 3 * 3 * 6)],
+)  # fmt: skip
+def test_every_installed_sweep_expands_at_both_scales(name, cpu, paper):
+    assert len(sweep.expand(sweep.load_sweep(f"{name}:cpu"))) == cpu
+    assert len(sweep.expand(sweep.load_sweep(f"{name}:paper"))) == paper
+
+
+def test_derived_settings_follow_the_axes():
+    spec = sweep.load_sweep("o2i_vs_size:paper")
+    by_name = {p.name: p for p in sweep.expand(spec)}
+    large = sweep.settings(spec, by_name["dataset=canvas_256-train_size=22552-seed=0"])
+    assert large["dataset"] == "nmnist/canvas_256_train_x2" and large["train_size"] == 22552
+    small = sweep.settings(spec, by_name["dataset=canvas_256-train_size=11276-seed=0"])
+    assert small["dataset"] == "nmnist/canvas_256"
+
+
 def test_shards_partition_the_points_exactly():
     points = sweep.expand(sweep.load_sweep("pooling:cpu"))
     shards = [sweep.shard(points, f"{i}/3") for i in (1, 2, 3)]
@@ -76,7 +95,7 @@ def write_run(run: pathlib.Path, accuracy: float, train_accuracies: list[float])
     (run / "history.csv").write_text("epoch,accuracy\n" + "\n".join(rows) + "\n")
 
 
-@pytest.mark.parametrize("kind", ["bars", "line", "heatmap"])
+@pytest.mark.parametrize("kind", ["bars", "line", "heatmap", "fit"])
 def test_the_report_averages_seeds_and_draws_the_figure(tmp_path, kind):
     spec = sweep.load_sweep("pooling:cpu")
     spec.report.kind = kind
@@ -113,6 +132,20 @@ def test_a_bad_sweep_file_names_the_field(tmp_path):
         sweep.load_sweep("nothing")
     with pytest.raises(sweep.SweepError, match=r"--sweep=pooling:huge: scale 'huge'"):
         sweep.load_sweep("pooling:huge")
+    path.write_text(
+        textwrap.dedent(
+            """
+            import ml_collections
+
+            def get_config(scale):
+                return ml_collections.ConfigDict(
+                    {"config": "nmnist", "fixed": (), "axes": (("seed", (0,)),), "derived": 3}
+                )
+            """
+        )
+    )
+    with pytest.raises(sweep.SweepError, match=r"mine.py: 'derived' is not a function"):
+        sweep.load_sweep(f"{path}:cpu")
 
 
 def test_the_command_line_reports_nothing_finished_in_one_line(tmp_path):
