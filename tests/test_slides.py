@@ -262,5 +262,6 @@ def test_tiles_split_across_replicas_give_the_single_device_answer(tmp_path, exp
         alone, replicated = found[f"{artefact} None"], found[f"{artefact} mirrored"]
         assert replicated[0]["present"] == pytest.approx(alone[0]["present"], abs=1e-6)
         for mine, theirs in zip(replicated[1]["regions"], alone[1]["regions"], strict=True):
-            # oneDNN's kernels differ with the batch size: attention's exp amplifies it
-            assert mine == {**theirs, "score": pytest.approx(theirs["score"], abs=1e-4)}
+            # oneDNN's kernels differ with the batch size and attention's exp amplifies it
+            # (1.04e-4 seen on an Intel Xeon with AMX)
+            assert mine == {**theirs, "score": pytest.approx(theirs["score"], abs=3e-4)}

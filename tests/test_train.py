@@ -795,3 +795,41 @@ def test_package_builds_a_named_model_from_a_run(uninterrupted, tfds_dir, tmp_pa
     assert sorted(p.name for p in (tmp_path / "saved").iterdir()) == ["tiny"]
     with pytest.raises(ValueError, match=r"--model_dir .* or --model .*, one of the two"):
         evaluate.evaluate(model_dir, model="tiny", data_dir=tfds_dir)
+
+
+def test_a_sweep_resumes_its_interrupted_point_and_then_skips_it(uninterrupted, tfds_dir, tmp_path):
+    """A sweep of one point, left as a run killed after step 5 of 6 (the reference run
+    without its last checkpoint, metrics and export): `python -m needles_tf.sweep`
+    resumes it in its own process to the reference's weights, and a second call finds it
+    finished and trains nothing."""
+    from needles_tf import sweep
+
+    reference_dir, _ = uninterrupted
+    config = tmp_path / "tiny.py"
+    config.write_text(
+        "import json\nimport ml_collections\n\n\ndef get_config(preset=''):\n"
+        f"    return ml_collections.ConfigDict(json.loads({tiny_config().to_json()!r}))\n"
+    )
+    sweep_file = tmp_path / "tiny_sweep.py"
+    sweep_file.write_text(
+        "import ml_collections\n\n\ndef get_config(scale):\n    return ml_collections.ConfigDict"
+        f"({{'config': {str(config)!r}, 'fixed': (), 'axes': (('seed', (0,)),)}})\n"
+    )
+    workdir = tmp_path / "work"
+    (point,) = sweep.expand(sweep.load_sweep(f"{sweep_file}:cpu"))
+    run = workdir / point.name
+    shutil.copytree(reference_dir, run)
+    for done in ("metrics.json", "saved_model", "model.keras", "checkpoints/ckpt-6"):
+        shutil.rmtree(run / done) if (run / done).is_dir() else (run / done).unlink()
+    command = [sys.executable, "-m", "needles_tf.sweep", f"--sweep={sweep_file}:cpu",
+               f"--workdir={workdir}", f"--tfds_data_dir={tfds_dir}"]  # fmt: skip
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    first = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "0 of 1 points finished; 1 to run." in first.stdout
+    log = (workdir / f"{point.name}.log").read_text()
+    assert f"Resuming from {run / 'checkpoints' / 'ckpt-5'}: 1 epochs and 5 steps done." in log
+    assert (run / "metrics.json").exists()
+    assert_same_checkpoint_weights(run, reference_dir, "ckpt-6")
+    second = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
+    assert second.returncode == 0 and "1 of 1 points finished; 0 to run." in second.stdout
