@@ -11,12 +11,11 @@ cpu_canvas64 recipe for 4 epochs, two seeds.
 
 import ml_collections
 
-SCALES = ("cpu", "paper")
+from needles_tf.configs.sweeps import CPU_SHORT, check_scale
 
 
 def get_config(scale: str = "cpu") -> ml_collections.ConfigDict:
-    if scale not in SCALES:
-        raise ValueError(f"scale {scale!r}: expected one of {SCALES}")
+    check_scale(scale)
     sweep = ml_collections.ConfigDict()
     if scale == "paper":
         sweep.config = "nmnist"
@@ -25,13 +24,7 @@ def get_config(scale: str = "cpu") -> ml_collections.ConfigDict:
         seeds = tuple(range(6))
     else:
         sweep.config = "nmnist:cpu_canvas64"
-        sweep.fixed = (
-            ("model.pooling", "max"),
-            ("train_size", 2819),
-            ("epochs", 4),
-            ("lr_decay_epochs", (3,)),
-            ("export", False),
-        )
+        sweep.fixed = (("model.pooling", "max"), *CPU_SHORT)
         canvases = (64, 128)
         seeds = (0, 1)
     sweep.axes = (

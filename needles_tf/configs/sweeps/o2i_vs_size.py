@@ -14,6 +14,8 @@ and canvas_128, three sizes, the short cpu_canvas64 recipe for 4 epochs, one see
 
 import ml_collections
 
+from needles_tf.configs.sweeps import check_scale
+
 SCALES = ("cpu", "paper")
 ONE_USE = 11276  # training images a canvas_* config makes with each 3 used once
 
@@ -26,8 +28,7 @@ def use_each_3_twice_above_one_use(values: dict) -> dict:
 
 
 def get_config(scale: str = "cpu") -> ml_collections.ConfigDict:
-    if scale not in SCALES:
-        raise ValueError(f"scale {scale!r}: expected one of {SCALES}")
+    check_scale(scale)
     sweep = ml_collections.ConfigDict()
     if scale == "paper":
         sweep.config = "nmnist"

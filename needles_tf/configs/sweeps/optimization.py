@@ -12,12 +12,11 @@ images, 8 epochs of the cpu_canvas64 recipe without decay, three seeds.
 
 import ml_collections
 
-SCALES = ("cpu", "paper")
+from needles_tf.configs.sweeps import check_scale
 
 
 def get_config(scale: str = "cpu") -> ml_collections.ConfigDict:
-    if scale not in SCALES:
-        raise ValueError(f"scale {scale!r}: expected one of {SCALES}")
+    check_scale(scale)
     sweep = ml_collections.ConfigDict()
     if scale == "paper":
         sweep.config = "nmnist"

@@ -9,12 +9,11 @@ nMNIST, six seeds; a field larger than a digit (33, 177) beats 9. `cpu`: canvas_
 
 import ml_collections
 
-SCALES = ("cpu", "paper")
+from needles_tf.configs.sweeps import check_scale
 
 
 def get_config(scale: str = "cpu") -> ml_collections.ConfigDict:
-    if scale not in SCALES:
-        raise ValueError(f"scale {scale!r}: expected one of {SCALES}")
+    check_scale(scale)
     sweep = ml_collections.ConfigDict()
     if scale == "paper":
         sweep.config = "nmnist"
