@@ -35,6 +35,7 @@ import pathlib
 import re
 import subprocess
 import sys
+import time
 from typing import Any
 
 import ml_collections
@@ -162,16 +163,26 @@ def run_points(
 ) -> list[str]:
     """Trains the unfinished points, `jobs` at a time; returns the names that failed."""
     todo = [p for p in points if not is_finished(workdir / p.name)]
-    print(f"{len(points) - len(todo)} of {len(points)} points finished; {len(todo)} to run.")
+    print(
+        f"{len(points) - len(todo)} of {len(points)} points finished; {len(todo)} to run.",
+        flush=True,
+    )
     workdir.mkdir(parents=True, exist_ok=True)
+
+    ended = itertools.count(1)
 
     def run(point: Point) -> int:
         log = workdir / f"{point.name}.log"
+        start = time.monotonic()
         with open(log, "a") as out:
             code = subprocess.run(
                 train_command(sweep, point, workdir, extra), stdout=out, stderr=out
             ).returncode
-        print(f"{point.name}: {'done' if code == 0 else f'failed (exit {code}), see {log}'}")
+        outcome = "done" if code == 0 else f"failed (exit {code}), see {log}"
+        minutes = (time.monotonic() - start) / 60
+        print(
+            f"[{next(ended)}/{len(todo)}] {point.name}: {outcome} in {minutes:.1f} min", flush=True
+        )
         return code
 
     with concurrent.futures.ThreadPoolExecutor(max(1, jobs)) as pool:

@@ -532,6 +532,7 @@ def _train_locked(
     with strategy.scope():
         try:  # e.g. a pooling the head cannot use, sparse backprop of non-local cells
             inference = build_model(config.model)
+            _check_images_cover_the_field(data.validation, inference, config.dataset)
             training = compile_for_training(inference, config, data.steps_per_epoch)
         except ValueError as error:
             raise ConfigError(str(error)) from error
@@ -649,6 +650,18 @@ def train_curriculum(
         metrics = train(stage_config, stage_dir, **kwargs)
         previous = str(stage_dir)
     return metrics
+
+
+def _check_images_cover_the_field(images: tf.data.Dataset, model, dataset: str) -> None:
+    """A valid-padded backbone has no grid cell on an image smaller than its receptive field."""
+    shape = tf.nest.flatten(images.element_spec)[0].shape
+    field = model.geometry[0]
+    if None not in shape[1:3] and min(shape[1:3]) < field:
+        raise ValueError(
+            f"--dataset={dataset}: its {shape[1]}x{shape[2]} images are smaller than the "
+            f"model's receptive field of {field} pixels; expected a larger canvas or a "
+            "smaller --receptive_field."
+        )
 
 
 def _datasets(config, data_dir: str | None, manual_dir: str | None) -> pipeline.Splits:

@@ -6,6 +6,7 @@ import fcntl
 import json
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -827,9 +828,17 @@ def test_a_sweep_resumes_its_interrupted_point_and_then_skips_it(uninterrupted, 
     first = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "0 of 1 points finished; 1 to run." in first.stdout
+    assert re.search(rf"\[1/1\] {re.escape(point.name)}: done in \d+\.\d min", first.stdout)
     log = (workdir / f"{point.name}.log").read_text()
     assert f"Resuming from {run / 'checkpoints' / 'ckpt-5'}: 1 epochs and 5 steps done." in log
     assert (run / "metrics.json").exists()
     assert_same_checkpoint_weights(run, reference_dir, "ckpt-6")
     second = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
     assert second.returncode == 0 and "1 of 1 points finished; 0 to run." in second.stdout
+
+
+def test_images_smaller_than_the_receptive_field_are_refused_in_one_line(tfds_dir, tmp_path):
+    config = tiny_config()
+    config.model.receptive_field = 177  # the dummy canvases are 64 pixels wide
+    with pytest.raises(train_module.ConfigError, match=r"64x64 images are smaller .* of 177"):
+        train_module.train(config, tmp_path / "run", tfds_data_dir=tfds_dir)

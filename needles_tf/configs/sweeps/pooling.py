@@ -6,7 +6,7 @@
 The paper: max, logsumexp, mean and soft attention pooling after the RF-33 BagNet,
 every O2I of nMNIST, six seeds, its protocol (RMSProp 5e-5, 200 epochs); all poolings
 alike at large O2I, max best at small ones. `cpu`: two canvases, 2,819 training
-images, the short cpu_canvas64 recipe for 4 epochs, two seeds.
+images, the short cpu_canvas64 recipe for 4 epochs, one seed (about 45 minutes).
 """
 
 import ml_collections
@@ -27,7 +27,7 @@ def get_config(scale: str = "cpu") -> ml_collections.ConfigDict:
         sweep.config = "nmnist:cpu_canvas64"
         sweep.fixed = CPU_SHORT
         canvases = (64, 128)
-        seeds = (0, 1)
+        seeds = (0,)
     sweep.axes = (
         ("dataset", tuple(f"nmnist/canvas_{side}" for side in canvases)),
         ("model.pooling", poolings),
