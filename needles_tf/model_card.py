@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import json
 import pathlib
-import re
 from typing import Any
 
 from needles_tf import packaged
 from needles_tf.atomic import atomic_write_text
+from needles_tf.data.o2i import nmnist_o2i
 from needles_tf.metadata import read_metadata
 from needles_tf.models.pixelcam import SubpixelPixelCAMHead, get_pixel_head_class
 
-MNIST_DIGIT = 28  # pixels: an MNIST digit's side, the needle of nMNIST
 LOCALIZATION = [
     ("localization_ap", "localization AP"),
     ("pointing_game", "pointing game"),
@@ -251,10 +250,8 @@ of {height}x{width}, batches of {speed["batch"]}, through the SavedModel's
 
 
 def _o2i(dataset: str) -> str:
-    found = re.fullmatch(r"nmnist/canvas_(\d+).*", dataset)
-    if not found:
-        return "n/a"
-    return f"{100 * MNIST_DIGIT**2 / int(found.group(1)) ** 2:.1f}%"
+    o2i = nmnist_o2i(dataset)
+    return "n/a" if o2i is None else f"{100 * o2i:.1f}%"
 
 
 def _limitations(main: dict, extra: dict, recipe: packaged.PackagedModel, metadata: dict) -> str:

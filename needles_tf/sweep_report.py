@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from needles_tf.atomic import atomic_write_text
+from needles_tf.data.o2i import nmnist_o2i
 from needles_tf.plots import save_figure
 
 SEED_FIELD = "seed"
@@ -97,6 +98,14 @@ def _ordered(sweep, field: str) -> list:
     return list(dict(sweep.axes)[field]) if field else [None]
 
 
+def _label(value) -> str:
+    """An axis value as a tick label: a dataset without its family, with its O2I if nMNIST."""
+    text = str(value).rsplit("/", 1)[-1]
+    if isinstance(value, str) and (o2i := nmnist_o2i(value)) is not None:
+        text += f"\nO2I {100 * o2i:.2g}%"
+    return text
+
+
 def draw(sweep, rows: list[dict[str, Any]], path: pathlib.Path) -> None:
     from matplotlib import pyplot as plt
 
@@ -112,15 +121,19 @@ def draw(sweep, rows: list[dict[str, Any]], path: pathlib.Path) -> None:
         return None
 
     figure, axes = plt.subplots(figsize=(6, 4))
-    labels = [str(v).rsplit("/", 1)[-1] for v in xs]
+    labels = [_label(v) for v in xs]
     if settings.kind == "heatmap":
         grid = np.full((len(lines), len(xs)), np.nan)
         for i, line in enumerate(lines):
             for j, x_value in enumerate(xs):
                 if (r := row(x_value, line)) is not None:
                     grid[i, j] = r[mean]
-        image = axes.imshow(grid, origin="lower", cmap="viridis", vmin=0.5, vmax=1.0)
+        image = axes.imshow(grid, origin="lower", cmap="viridis", vmin=0.5, vmax=1.0, aspect="auto")
         figure.colorbar(image, ax=axes, label=metric)
+        for (i, j), value in np.ndenumerate(grid):
+            if not np.isnan(value):
+                colour = "black" if value > 0.8 else "white"
+                axes.annotate(f"{value:.2f}", (j, i), ha="center", va="center", color=colour)
         for threshold, marker in zip(settings.thresholds, "os^", strict=False):
             reached = [
                 (j, next((i for i in range(len(lines)) if grid[i, j] >= threshold), None))
@@ -128,13 +141,19 @@ def draw(sweep, rows: list[dict[str, Any]], path: pathlib.Path) -> None:
             ]
             points = [(j, i) for j, i in reached if i is not None]
             if points:
-                axes.plot(*zip(*points, strict=True), marker, mfc="none", mec="white", ms=12,
+                axes.plot(*zip(*points, strict=True), marker, mfc="none", mec="red", ms=28,
                           label=f"smallest reaching {threshold:g}")  # fmt: skip
         axes.set_yticks(range(len(lines)), [str(v) for v in lines])
         axes.set_xticks(range(len(xs)), labels)
         axes.set(xlabel=x, ylabel=series)
-        if settings.thresholds:
-            axes.legend(loc="upper right", fontsize=8)
+        if axes.get_legend_handles_labels()[0]:
+            axes.legend(
+                loc="upper center",
+                bbox_to_anchor=(0.5, -0.25),
+                ncols=2,
+                fontsize=8,
+                markerscale=0.4,
+            )
     elif settings.kind in ("bars", "fit"):
         fit = settings.kind == "fit"
         width = 0.8 / len(lines)

@@ -157,3 +157,9 @@ def test_the_command_line_reports_nothing_finished_in_one_line(tmp_path):
     assert result.returncode == 2
     last = result.stderr.strip().splitlines()[-1]
     assert "no finished point of this sweep there yet" in last, last
+
+
+def test_canvas_labels_carry_their_o2i():
+    assert sweep_report._label("nmnist/canvas_64") == "canvas_64\nO2I 19%"
+    assert sweep_report._label("nmnist/canvas_256_train_x2") == "canvas_256_train_x2\nO2I 1.2%"
+    assert sweep_report._label("ncamelyon/tiles") == "tiles" and sweep_report._label(9) == "9"
