@@ -1,4 +1,4 @@
-"""A sweep's finished points -> results.csv (mean and standard deviation over seeds) and its figure.
+"""A sweep's finished points -> results.csv and .md (mean and deviation over seeds), a figure.
 
 The sweep file's `report` settings choose the figure (Pawlowski et al. 2019, Fig. 4-9):
 
@@ -14,8 +14,8 @@ The sweep file's `report` settings choose the figure (Pawlowski et al. 2019, Fig
     metric      a key path of metrics.json, e.g. "test.accuracy" or "validation.accuracy"
 
 Points are grouped by every axis but `seed`; a group's row holds its seeds' count,
-the metric's mean and standard deviation, the share of seeds that fitted the training
-set and the mean epochs they took to fit it (from history.csv).
+the metric's mean and standard deviation (NaN for one seed), the share of seeds that
+fitted the training set and the mean epochs they took to fit it (from history.csv).
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def gather(sweep, points, workdir: pathlib.Path) -> list[dict[str, Any]]:
                 **{field: value for field, value in key},
                 "seeds": len(results),
                 f"{metric}_mean": float(values.mean()),
-                f"{metric}_std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+                f"{metric}_std": float(values.std(ddof=1)) if len(values) > 1 else math.nan,
                 "fit_share": len(fitted) / len(results),
                 "epochs_to_fit": float(np.mean(fitted)) if fitted else math.nan,
             }
@@ -92,6 +92,22 @@ def write_csv(rows: list[dict[str, Any]], path: pathlib.Path) -> None:
         writer.writeheader()
         writer.writerows(rows)
     atomic_write_text(path, text.getvalue())
+
+
+def write_markdown(rows: list[dict[str, Any]], metric: str, path: pathlib.Path) -> None:
+    """The rows as a Markdown table: the axes, the metric's mean ± standard deviation."""
+    axes = [f for f in rows[0] if f not in ("seeds", "fit_share", "epochs_to_fit")]
+    axes = [f for f in axes if not f.startswith(f"{metric}_")]
+    header = [*axes, "seeds", metric, "fitted", "epochs to fit"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        value = f"{row[f'{metric}_mean']:.3f}"
+        if row["seeds"] > 1:
+            value += f" ± {row[f'{metric}_std']:.3f}"
+        epochs = "" if math.isnan(row["epochs_to_fit"]) else f"{row['epochs_to_fit']:.1f}"
+        cells = [*(str(row[f]) for f in axes), str(row["seeds"]), value]
+        lines.append("| " + " | ".join([*cells, f"{row['fit_share']:.0%}", epochs]) + " |")
+    atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def _ordered(sweep, field: str) -> list:
@@ -210,11 +226,13 @@ def draw(sweep, rows: list[dict[str, Any]], path: pathlib.Path) -> None:
 
 
 def report(sweep, points, workdir: pathlib.Path) -> list[dict[str, Any]]:
-    """Writes WORKDIR/results.csv and WORKDIR/figure.png; returns the rows."""
+    """Writes WORKDIR/results.csv, results.md and figure.png; returns the rows."""
     rows = gather(sweep, points, workdir)
     if not rows:
         raise ValueError(f"--workdir={workdir}: no finished point of this sweep there yet.")
     write_csv(rows, workdir / "results.csv")
+    write_markdown(rows, sweep.report.metric, workdir / "results.md")
     draw(sweep, rows, workdir / "figure.png")
-    print(f"{len(rows)} rows: {workdir / 'results.csv'}, {workdir / 'figure.png'}")
+    written = ", ".join(str(workdir / name) for name in ("results.csv", "results.md", "figure.png"))
+    print(f"{len(rows)} rows: {written}")
     return rows

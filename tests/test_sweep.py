@@ -111,6 +111,11 @@ def test_the_report_averages_seeds_and_draws_the_figure(tmp_path, kind):
     assert row["fit_share"] == 0.5 and row["epochs_to_fit"] == 2
     lines = (tmp_path / "results.csv").read_text().splitlines()
     assert lines[0].startswith("dataset,model.pooling,seeds,test.accuracy_mean") and len(lines) == 2
+    table = (tmp_path / "results.md").read_text().splitlines()
+    assert (
+        table[0] == "| dataset | model.pooling | seeds | test.accuracy | fitted | epochs to fit |"
+    )
+    assert table[2] == "| nmnist/canvas_64 | max | 2 | 0.850 ± 0.071 | 50% | 2.0 |"
     assert (tmp_path / "figure.png").read_bytes()[:4] == b"\x89PNG"
 
 
