@@ -48,6 +48,10 @@ def test_derived_settings_follow_the_axes():
     assert large["dataset"] == "nmnist/canvas_256_train_x2" and large["train_size"] == 22552
     small = sweep.settings(spec, by_name["dataset=canvas_256-train_size=11276-seed=0"])
     assert small["dataset"] == "nmnist/canvas_256"
+    pooling = sweep.load_sweep("pooling:cpu")
+    sizes = {p.name: sweep.settings(pooling, p)["train_size"] for p in sweep.expand(pooling)}
+    assert sizes["dataset=canvas_64-pooling=mean-seed=0"] == 2819
+    assert sizes["dataset=canvas_128-pooling=mean-seed=0"] == 5638
 
 
 def test_shards_partition_the_points_exactly():
