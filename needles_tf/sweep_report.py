@@ -156,9 +156,9 @@ def draw(sweep, rows: list[dict[str, Any]], path: pathlib.Path) -> None:
                 for j in range(len(xs))
             ]
             points = [(j, i) for j, i in reached if i is not None]
-            if points:
-                axes.plot(*zip(*points, strict=True), marker, mfc="none", mec="red", ms=28,
-                          label=f"smallest reaching {threshold:g}")  # fmt: skip
+            label = f"smallest reaching {threshold:g}" if points else f"none reaches {threshold:g}"
+            axes.plot(*(zip(*points, strict=True) if points else ([], [])), marker, mfc="none",
+                      mec="red", ms=28, label=label)  # fmt: skip
         axes.set_yticks(range(len(lines)), [str(v) for v in lines])
         axes.set_xticks(range(len(xs)), labels)
         axes.set(xlabel=x, ylabel=series)
