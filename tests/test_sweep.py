@@ -34,7 +34,7 @@ def test_the_grid_expands_as_declared_with_stable_unique_names():
 @pytest.mark.parametrize(
     "name, cpu, paper",
     [("o2i", 2 * 2, 5 * 6), ("o2i_vs_size", 2 * 3, 5 * 6 * 6), ("capacity", 2 * 3 * 2, 5 * 4 * 6),
-     ("optimization", 2 * 2 * 3, 5 * 4 * 6), ("receptive_field", 3, 3 * 3 * 6)],
+     ("optimization", 2 * 2 * 3, 5 * 4 * 6), ("receptive_field", 2 * 2, 3 * 3 * 6)],
 )  # fmt: skip
 def test_every_installed_sweep_expands_at_both_scales(name, cpu, paper):
     assert len(sweep.expand(sweep.load_sweep(f"{name}:cpu"))) == cpu

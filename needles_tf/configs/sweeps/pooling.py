@@ -13,14 +13,7 @@ hour).
 
 import ml_collections
 
-from needles_tf.configs.sweeps import CPU_SHORT, check_scale
-
-CPU_TRAIN_SIZE = {"nmnist/canvas_64": 2819, "nmnist/canvas_128": 5638}
-
-
-def cpu_train_size(values: dict) -> dict:
-    """The cpu scale's training-set size of each canvas."""
-    return {"train_size": CPU_TRAIN_SIZE[values["dataset"]]}
+from needles_tf.configs.sweeps import CPU_SHORT, check_scale, cpu_train_size
 
 
 def get_config(scale: str = "cpu") -> ml_collections.ConfigDict:
