@@ -12,6 +12,7 @@ The sweep file's `report` settings choose the figure (Pawlowski et al. 2019, Fig
             share of seeds that fitted written above each bar (Fig. 9)
     x, series   dotted fields of the axes ("" for no series)
     metric      a key path of metrics.json, e.g. "test.accuracy" or "validation.accuracy"
+    chance      optional: the metric's chance level, a dotted line in bars and lines
 
 Points are grouped by every axis but `seed`; a group's row holds its seeds' count,
 the metric's mean and standard deviation (NaN for one seed), the share of seeds that
@@ -162,14 +163,7 @@ def draw(sweep, rows: list[dict[str, Any]], path: pathlib.Path) -> None:
         axes.set_yticks(range(len(lines)), [str(v) for v in lines])
         axes.set_xticks(range(len(xs)), labels)
         axes.set(xlabel=x, ylabel=series)
-        if axes.get_legend_handles_labels()[0]:
-            axes.legend(
-                loc="upper center",
-                bbox_to_anchor=(0.5, -0.25),
-                ncols=2,
-                fontsize=8,
-                markerscale=0.4,
-            )
+        _legend_below(axes, markerscale=0.4)
     elif settings.kind in ("bars", "fit"):
         fit = settings.kind == "fit"
         width = 0.8 / len(lines)
@@ -191,10 +185,11 @@ def draw(sweep, rows: list[dict[str, Any]], path: pathlib.Path) -> None:
                     edgecolor="black",
                     label=f"{series}={line}" if series and j == 0 else None,
                 )
-                if fit:  # the share of seeds that fitted, above the bar
-                    share = f"{r['fit_share']:.0%}"
-                    axes.annotate(share, (centre, height), ha="center", va="bottom", fontsize=7)
+                # above the bar: the share of seeds that fitted, or the value
+                above = f"{r['fit_share']:.0%}" if fit else f"{height:.2f}"
+                axes.annotate(above, (centre, height), ha="center", va="bottom", fontsize=7)
         axes.set_xticks(range(len(xs)), labels)
+        axes.set_xlim(-0.5, len(xs) - 0.5)
         if fit:
             axes.set(xlabel=x, ylabel=f"epochs to training accuracy > {FIT_ACCURACY:g}")
             axes.set_title(
@@ -203,8 +198,8 @@ def draw(sweep, rows: list[dict[str, Any]], path: pathlib.Path) -> None:
         else:
             axes.set(xlabel=x, ylabel=metric, ylim=(0, 1))
             axes.set_title("hatched: not every seed fitted the training set", fontsize=9)
-        if series:
-            axes.legend(fontsize=8)
+            _chance(axes, settings)
+        _legend_below(axes)
     else:  # line
         for line in lines:
             found = [(j, row(x_value, line)) for j, x_value in enumerate(xs)]
@@ -220,9 +215,21 @@ def draw(sweep, rows: list[dict[str, Any]], path: pathlib.Path) -> None:
                 )
         axes.set_xticks(range(len(xs)), labels)
         axes.set(xlabel=x, ylabel=metric, ylim=(0, 1))
-        if series:
-            axes.legend(fontsize=8)
+        _chance(axes, settings)
+        _legend_below(axes)
     save_figure(figure, path)
+
+
+def _chance(axes, settings) -> None:
+    """The report's optional `chance` level (e.g. 0.5, the accuracy of a coin on a balanced
+    binary task) as a dotted line."""
+    if settings.get("chance") is not None:
+        axes.axhline(settings.chance, color="gray", linestyle=":", label="chance")
+
+
+def _legend_below(axes, **kwargs) -> None:
+    if axes.get_legend_handles_labels()[0]:
+        axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.25), ncols=3, fontsize=8, **kwargs)
 
 
 def report(sweep, points, workdir: pathlib.Path) -> list[dict[str, Any]]:

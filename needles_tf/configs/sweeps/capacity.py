@@ -35,6 +35,12 @@ def get_config(scale: str = "cpu") -> ml_collections.ConfigDict:
         ("seed", seeds),
     )
     sweep.report = ml_collections.ConfigDict(
-        {"kind": "bars", "x": "dataset", "series": "model.width", "metric": "test.accuracy"}
+        {
+            "kind": "bars",
+            "x": "dataset",
+            "series": "model.width",
+            "metric": "test.accuracy",
+            "chance": 0.5,
+        }
     )
     return sweep

@@ -32,6 +32,6 @@ def get_config(scale: str = "cpu") -> ml_collections.ConfigDict:
         ("seed", seeds),
     )
     sweep.report = ml_collections.ConfigDict(
-        {"kind": "line", "x": "dataset", "series": "", "metric": "test.accuracy"}
+        {"kind": "line", "x": "dataset", "series": "", "metric": "test.accuracy", "chance": 0.5}
     )
     return sweep

@@ -46,6 +46,7 @@ def get_config(scale: str = "cpu") -> ml_collections.ConfigDict:
             "x": "dataset",
             "series": "model.receptive_field",
             "metric": "test.accuracy",
+            "chance": 0.5,
         }
     )
     return sweep
