@@ -187,7 +187,9 @@ def draw(sweep, rows: list[dict[str, Any]], path: pathlib.Path) -> None:
                 )
                 # above the bar: the share of seeds that fitted, or the value
                 above = f"{r['fit_share']:.0%}" if fit else f"{height:.2f}"
-                axes.annotate(above, (centre, height), ha="center", va="bottom", fontsize=7)
+                top = height if fit or math.isnan(r[std]) else height + r[std]  # over the error bar
+                axes.annotate(above, (centre, top), xytext=(0, 2), textcoords="offset points",
+                              ha="center", va="bottom", fontsize=7)  # fmt: skip
         axes.set_xticks(range(len(xs)), labels)
         axes.set_xlim(-0.5, len(xs) - 0.5)
         if fit:

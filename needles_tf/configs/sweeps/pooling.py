@@ -7,8 +7,8 @@ The paper: max, logsumexp, mean and soft attention pooling after the RF-33 BagNe
 every O2I of nMNIST, six seeds, its protocol (RMSProp 5e-5, 200 epochs); all poolings
 alike at large O2I, max best at small ones. `cpu`: canvas_64 on 2,819 training images
 and canvas_128 on 5,638 (the smallest size of o2i_vs_size:cpu on which max pooling
-leaves chance there), the short cpu_canvas64 recipe for 4 epochs, one seed (about an
-hour).
+leaves chance there), the short cpu_canvas64 recipe for 4 epochs, one seed (an hour on
+2 cores of an AMD EPYC Zen 4, 13 minutes each canvas_128 point; 80 on an Intel Xeon).
 """
 
 import ml_collections

@@ -6,7 +6,7 @@
 The paper: BagNets of receptive field 9, 33 and 177 with max pooling on every O2I of
 nMNIST, six seeds; a field at least a digit's size (33, 177) beats 9. `cpu`: fields 9
 and 33 around the 28-pixel digit on canvas_64, 2,819 training images, the short
-cpu_canvas64 recipe for 4 epochs, two seeds (about 12 minutes). A field of 177 needs
+cpu_canvas64 recipe for 4 epochs, two seeds (9 to 12 minutes). A field of 177 needs
 canvases of 256 pixels or more (the BagNet pads nothing), and none learned there from
 scratch within the cpu budget: the cpu_canvas256 recipe (sparse steps) on 2,819
 images still gave every validation image the same output after 2 of 4 epochs (15
