@@ -22,9 +22,11 @@ class DenseTraining(keras.Model):
     """Images -> per-cell logits (B, h, w, K) of `inference`'s instance head."""
 
     def __init__(self, inference: keras.Model, prior_probability: float = 0.0, **kwargs):
-        """`prior_probability` > 0 starts every cell's probability there (the classifier's
-        bias; Lin et al., "Focal Loss for Dense Object Detection", ICCV 2017, §4.1), so
-        that the rare positives do not begin with half the loss of the whole background."""
+        """`prior_probability` > 0 sets the classifier's bias to its logit (Lin et al.,
+        "Focal Loss for Dense Object Detection", ICCV 2017, §4.1), so that the rare
+        positives do not begin with half the loss of the whole background. The kernel
+        keeps its initializer (Lin et al. draw it with standard deviation 0.01), so cells
+        whose features are large can start far from the prior."""
         super().__init__(**kwargs)
         head = inference.head
         if not hasattr(head, "instance_classifier"):
