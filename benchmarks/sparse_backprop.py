@@ -62,8 +62,8 @@ def measure(head: str, mode: str, size: int) -> dict:
 
     from needles_tf.configs import nmnist
     from needles_tf.models.factory import build_model
-    from needles_tf.precise_bn import compiled_forward, reestimate_statistics
-    from needles_tf.sparse_backprop import SparseBackprop
+    from needles_tf.training.modes.sparse_backprop import SparseBackprop
+    from needles_tf.training.precise_bn import compiled_forward, reestimate_statistics
 
     config = nmnist.get_config().model
     config.update(width=0.25, normalization="batch", head=head, pooling="max")

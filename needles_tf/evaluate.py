@@ -38,8 +38,7 @@ import tensorflow_datasets as tfds
 from absl import app, flags, logging
 
 from needles_tf import bootstrap, metrics, models, packaged
-from needles_tf.atomic import atomic_write_text
-from needles_tf.checkpointing import writable_directory
+from needles_tf.atomic import atomic_write_text, writable_directory
 from needles_tf.cli import one_line_usage_errors
 from needles_tf.data import load, pipeline, targets
 from needles_tf.evaluate_detection import evaluate_detection, has_needles

@@ -27,8 +27,7 @@ from absl import app, flags, logging
 
 from needles_tf import metadata as metadata_module
 from needles_tf import runs
-from needles_tf.atomic import atomic_path, replace_directory
-from needles_tf.checkpointing import usual_permissions, writable_directory
+from needles_tf.atomic import atomic_path, replace_directory, usual_permissions, writable_directory
 from needles_tf.cli import one_line_usage_errors
 from needles_tf.data import pipeline
 from needles_tf.models.factory import float32_model

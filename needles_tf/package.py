@@ -34,8 +34,7 @@ import numpy as np
 from absl import app, flags
 
 from needles_tf import evaluate, export, model_card, packaged, runs
-from needles_tf.atomic import atomic_write_text, replace_directory
-from needles_tf.checkpointing import usual_permissions
+from needles_tf.atomic import atomic_write_text, replace_directory, usual_permissions
 from needles_tf.cli import one_line_usage_errors
 from needles_tf.data import pipeline
 from needles_tf.metadata import read_metadata

@@ -81,7 +81,7 @@ class ExportedModel:
 
 def load_exported(model: str | os.PathLike, strategy: str | None = None) -> ExportedModel:
     """A SavedModel directory or .keras file written by needles_tf.export, or a packaged
-    model (its name or folder: its SavedModel). With `strategy` (needles_tf.distribute:
+    model (its name or folder: its SavedModel). With `strategy` (needles_tf.training.distribute:
     auto, mirrored...), loaded under it, each batch of tiles split across its replicas."""
     path = packaged.resolve(str(model))
     if (path / packaged.SAVED_MODEL_VERSION / "saved_model.pb").exists():  # a packaged folder

@@ -31,27 +31,37 @@ import tensorflow as tf
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from needles_tf import configs, distribute, export, runs, schedules
-from needles_tf.atomic import atomic_write_text
-from needles_tf.callbacks import NonFiniteLossError, RunState, SaliencyOverlays, new_run_state
-from needles_tf.checkpointing import CheckpointManager, writable_directory
+from needles_tf import configs, export, runs
+from needles_tf.atomic import atomic_write_text, writable_directory
 from needles_tf.cli import one_line_usage_errors
 from needles_tf.data import dense, pipeline, targets
-from needles_tf.dense_training import DenseTraining, LossEpoch
 from needles_tf.layers.pooling import POOLINGS
 from needles_tf.localization.pseudo_labels import SeedRecipe
-from needles_tf.losses import DENSE_LOSSES, ExclusiveCrossEntropy
 from needles_tf.metrics import strict_json_metrics
 from needles_tf.models.backbone import BACKBONES, get_backbone_class
 from needles_tf.models.bagnet import THREE_BY_THREE_BLOCKS
 from needles_tf.models.factory import build_model
 from needles_tf.models.heads import HEADS
-from needles_tf.pixelcam_training import PixelCAMTraining, initialize_from_teacher, load_teacher
-from needles_tf.precise_bn import PreciseBatchNorm, batch_norm_layers
 from needles_tf.precision import POLICIES as PRECISIONS
 from needles_tf.precision import resolve_dtype_policy
-from needles_tf.run_lock import RunLockedError, run_lock
-from needles_tf.sparse_backprop import SparseBackprop
+from needles_tf.training import distribute, schedules
+from needles_tf.training.callbacks import (
+    NonFiniteLossError,
+    RunState,
+    SaliencyOverlays,
+    new_run_state,
+)
+from needles_tf.training.checkpointing import CheckpointManager
+from needles_tf.training.losses import DENSE_LOSSES, ExclusiveCrossEntropy
+from needles_tf.training.modes.cell_targets import DenseTraining, LossEpoch
+from needles_tf.training.modes.pixelcam import (
+    PixelCAMTraining,
+    initialize_from_teacher,
+    load_teacher,
+)
+from needles_tf.training.modes.sparse_backprop import SparseBackprop
+from needles_tf.training.precise_bn import PreciseBatchNorm, batch_norm_layers
+from needles_tf.training.run_lock import RunLockedError, run_lock
 
 OPTIMIZERS = {
     "rmsprop": keras.optimizers.RMSprop,
@@ -479,7 +489,7 @@ def train(
 ) -> dict[str, Any]:
     """Trains (or resumes, or finds finished) the run in `model_dir`; returns metrics.json.
 
-    The chief holds `model_dir`'s lock (needles_tf.run_lock) throughout: a second run
+    The chief holds `model_dir`'s lock (needles_tf.training.run_lock) throughout: a second run
     there stops at once with a ConfigError naming the holder."""
     validate_config(config)
     try:

@@ -10,7 +10,7 @@ import argparse
 
 import numpy as np
 
-from needles_tf import distribute
+from needles_tf.training import distribute
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from needles_tf.atomic import atomic_write_text
-from needles_tf.checkpointing import CheckpointError, CheckpointManager, checkpoint_bytes
+from needles_tf.training.checkpointing import CheckpointError, CheckpointManager, checkpoint_bytes
 
 
 def small_model() -> keras.Model:

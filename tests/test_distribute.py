@@ -18,7 +18,7 @@ import pytest
 import tensorflow as tf
 from conftest import free_ports
 
-from needles_tf import distribute
+from needles_tf.training import distribute
 
 pytestmark = pytest.mark.slow  # trains, or runs workers in subprocesses
 

@@ -17,12 +17,12 @@ from test_streaming import away_from_initial
 from needles_tf import evaluate, export
 from needles_tf.configs import pixelcam as pixelcam_config
 from needles_tf.localization.methods import get_saliency_method, served_grid
-from needles_tf.localization.pseudo_labels import SeedRecipe, sample_seeds
+from needles_tf.localization.pseudo_labels import IGNORE, SeedRecipe, sample_seeds
 from needles_tf.localization.streaming import StreamingModel, stream_image
 from needles_tf.localization.upsample import blocks_to_input
-from needles_tf.losses import IGNORE, partial_cross_entropy
 from needles_tf.models.factory import build_model
-from needles_tf.pixelcam_training import (
+from needles_tf.training.losses import partial_cross_entropy
+from needles_tf.training.modes.pixelcam import (
     PixelCAMTraining,
     initialize_from_teacher,
     load_teacher,

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from needles_tf import schedules, train
+from needles_tf import train
 from needles_tf.configs import nmnist
+from needles_tf.training import schedules
 
 STEPS_PER_EPOCH = 10
 

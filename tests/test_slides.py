@@ -231,7 +231,7 @@ def test_predict_splits_a_cohort_of_slides_and_images_into_shards(tmp_path, expo
 
 REPLICATED = """
 import json, sys
-from needles_tf import distribute
+from needles_tf.training import distribute
 distribute.split_logical_cpus(2)
 from needles_tf import predict
 from needles_tf.slides.inference import predict_slide

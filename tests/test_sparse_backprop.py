@@ -11,8 +11,12 @@ from conftest import tiny_bagnet_config
 
 from needles_tf.models.factory import build_model
 from needles_tf.models.heads import EmbeddingPoolingHead
-from needles_tf.precise_bn import batch_norm_layers, reestimate_statistics
-from needles_tf.sparse_backprop import SparseBackprop, crop_windows, head_gradient_norm
+from needles_tf.training.modes.sparse_backprop import (
+    SparseBackprop,
+    crop_windows,
+    head_gradient_norm,
+)
+from needles_tf.training.precise_bn import batch_norm_layers, reestimate_statistics
 
 IMAGES = np.random.default_rng(0).integers(0, 256, (2, 81, 73, 1)).astype(np.float32)
 LABELS = np.array([[1.0], [0.0]], np.float32)

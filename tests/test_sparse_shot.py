@@ -13,15 +13,15 @@ import tensorflow as tf
 from conftest import DUMMY_MNIST, build_nmnist, tiny_bagnet_config
 
 from needles_tf.data import dense
-from needles_tf.dense_training import DenseTraining
 from needles_tf.localization import detection
-from needles_tf.losses import (
+from needles_tf.models.factory import build_model
+from needles_tf.training.losses import (
     DENSE_LOSSES,
     ExclusiveCrossEntropy,
     Exclusivity,
     exclusive_cross_entropy_terms,
 )
-from needles_tf.models.factory import build_model
+from needles_tf.training.modes.cell_targets import DenseTraining
 from tfds_builders.nmnist import mnist_idx, synthesis
 
 NO_ANNEALING = dict(annealing_temperature=0.0)

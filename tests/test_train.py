@@ -20,11 +20,16 @@ import pytest
 from conftest import free_ports
 
 from needles_tf import train as train_module
-from needles_tf.callbacks import DIVERGED_WEIGHT, NonFiniteLossError, RunState, new_run_state
-from needles_tf.checkpointing import CheckpointManager
 from needles_tf.configs import nmnist
-from needles_tf.precise_bn import batch_norm_layers
-from needles_tf.run_lock import LOCK_FILE
+from needles_tf.training.callbacks import (
+    DIVERGED_WEIGHT,
+    NonFiniteLossError,
+    RunState,
+    new_run_state,
+)
+from needles_tf.training.checkpointing import CheckpointManager
+from needles_tf.training.precise_bn import batch_norm_layers
+from needles_tf.training.run_lock import LOCK_FILE
 
 pytestmark = pytest.mark.slow  # trains, or runs workers in subprocesses
 

@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 from keras.src.backend.tensorflow import trainer as keras_trainer
 
-from needles_tf import distribute
+from needles_tf.training import distribute
 
 
 def test_keras_trains_on_the_first_batch_under_a_strategy():

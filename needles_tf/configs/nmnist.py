@@ -92,7 +92,9 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     config.learning_rate = 5e-5
     config.lr_decay_epochs = (80, 120, 160)
     config.lr_decay_factor = 0.1
-    config.lr_schedule = "step"  # step (lr_decay_epochs) | cosine (needles_tf/schedules.py)
+    config.lr_schedule = (
+        "step"  # step (lr_decay_epochs) | cosine (needles_tf/training/schedules.py)
+    )
     config.warmup_epochs = 0.0  # cosine only: linear warm-up from 0
     config.weight_decay = 0.0
     config.epochs = 200
@@ -106,16 +108,16 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     # Stages "DATASET:EPOCHS", each a run in model_dir/stageN-DATASET started from the
     # last one's best weights, e.g. ("nmnist/canvas_64:4", "nmnist/canvas_256:6")
     config.curriculum = ()
-    config.strategy = "auto"  # needles_tf.distribute.STRATEGIES
+    config.strategy = "auto"  # needles_tf.training.distribute.STRATEGIES
     config.checkpoint_every_steps = 0  # 0: at the end of each epoch only
     # dense: every cell back-propagated; sparse: only the cells the pooled value depends
-    # on, recomputed from their windows (needles_tf/sparse_backprop.py; batch norm only)
+    # on, recomputed from their windows (training/modes/sparse_backprop.py; batch norm only)
     config.backprop = "dense"
     config.sparse_top_k = 0  # cells per image in sparse steps; 0: all the gradient reaches
     config.sparse_tile_size = 1024  # sparse steps run the backbone tile by tile above this
     # training images whose batch statistics replace batch normalization's moving averages
     # before the first step and, in dense runs, before each validation
-    # (needles_tf/precise_bn.py); 0: keep the moving averages
+    # (needles_tf/training/precise_bn.py); 0: keep the moving averages
     config.precise_bn_images = 256
     config.overlay_images = 8  # validation images drawn with their saliency in TensorBoard
     # write the SavedModel and model.keras when training ends; False for many runs whose

@@ -6,7 +6,7 @@
 nmnist/many_needles_512 canvases hold 10-40 3s; a fraction of them is annotated
 (the same nested subsets in every run: the dataset's annotation order). The
 instance head's per-cell logits are trained against the annotated 3s' cells
-(needles_tf/dense_training.py) with `loss`; validation and test count every 3.
+(needles_tf/training/modes/cell_targets.py) with `loss`; validation and test count every 3.
 `python -m needles_tf.evaluate --model_dir=RUN` detects the 3s as local maxima of
 the map: precision, recall, F1 and average precision.
 """
@@ -40,7 +40,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     config = nmnist.get_config()
     config.dataset = "nmnist/many_needles_512"
     config.model.head = "instance"  # its per-cell logits are what dense training trains
-    # cross_entropy | focal | exclusive_cross_entropy (needles_tf.losses.DENSE_LOSSES)
+    # cross_entropy | focal | exclusive_cross_entropy (needles_tf.training.losses.DENSE_LOSSES)
     config.loss = "exclusive_cross_entropy"
     config.annotation_fraction = 1.0  # of each training canvas's 3s, the rest unannotated
     # a cell is a target if its window centre is this close (pixels, each axis) to an
@@ -52,7 +52,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     config.crop_size = 161  # training crops (pixels): 17x17 cells of the BagNet-33
     config.focal = ml_collections.ConfigDict({"alpha": 0.25, "gamma": 2.0})  # Lin et al. 2017
     config.exclusive_cross_entropy = ml_collections.ConfigDict(
-        {  # the authors' defaults (needles_tf.losses.exclusive_cross_entropy_terms)
+        {  # the authors' defaults (needles_tf.training.losses.exclusive_cross_entropy_terms)
             "exclusivity_threshold": 0.5,
             "background_sampling": 0.5,
             "exclusivity_midpoint": 50.0,

@@ -12,7 +12,7 @@ each image of each minibatch:
   `negative_background="anywhere"`, or `"salient"`, drawn like foreground, in
   proportion to the teacher's map of the image, so that what the teacher finds
   needle-like in a needle-free image (clutter) is taught as background;
-- every other pixel is unlabelled (needles_tf.losses.IGNORE); a pixel drawn as both
+- every other pixel is unlabelled (IGNORE); a pixel drawn as both
   is unlabelled too.
 
 Draws without replacement are Gumbel top-k, so the randomness is one uniform noise
@@ -25,8 +25,7 @@ import dataclasses
 
 from keras import ops
 
-from needles_tf.losses import IGNORE
-
+IGNORE = -1  # the seed value of an unlabelled pixel
 NEGATIVE_BACKGROUNDS = ("anywhere", "salient")
 
 

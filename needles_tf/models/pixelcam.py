@@ -5,7 +5,7 @@ Classification and ROI Localization" (MIDL 2025): next to the image classifier, 
 1x1 convolution classifies each position of the encoder's last feature map as
 foreground or background; it is trained from pixel pseudo-labels of a weakly
 supervised teacher (needles_tf/localization/pseudo_labels.py) with a partial
-cross-entropy (needles_tf/losses.py), jointly with the image classifier.
+cross-entropy (needles_tf/training/losses.py), jointly with the image classifier.
 
 Resolution, three variants (`--config.model.pixel_head`):
 

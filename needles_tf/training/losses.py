@@ -16,8 +16,6 @@ from collections.abc import Callable
 import keras
 from keras import ops
 
-IGNORE = -1  # the seed value of an unlabelled pixel
-
 
 def partial_cross_entropy(seeds, logits):
     """Binary cross-entropy averaged over the labelled pixels of the whole batch only.
@@ -113,7 +111,7 @@ class ExclusiveCrossEntropy(keras.losses.Loss):
     every position.
 
     `epoch` is read at every call: a number, or a non-trainable keras.Variable that
-    training advances (needles_tf.dense_training). The background sample is drawn from
+    training advances (needles_tf.training.modes.cell_targets). The background sample is drawn from
     the loss's own seed generator.
     """
 

@@ -25,7 +25,7 @@ from needles_tf import runs
 from needles_tf.localization.methods import get_saliency_method
 from needles_tf.localization.pseudo_labels import SeedRecipe, min_max, sample_seeds
 from needles_tf.localization.upsample import cells_to_input
-from needles_tf.losses import partial_cross_entropy
+from needles_tf.training.losses import partial_cross_entropy
 
 
 def load_teacher(teacher: str, flag: str = "--config.pixelcam.teacher") -> keras.Model:

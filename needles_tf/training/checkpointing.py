@@ -21,38 +21,11 @@ import keras
 import numpy as np
 from absl import logging
 
-from needles_tf.atomic import atomic_path, atomic_write_text
+from needles_tf.atomic import atomic_path, atomic_write_text, usual_permissions
 
 _CHECKPOINT = re.compile(r"^ckpt-(\d+)$")
 WEIGHTS = "model.weights.h5"
 STATE = "state.json"
-
-
-def writable_directory(
-    path: str | os.PathLike, flag: str = "--model_dir", create: bool = True
-) -> pathlib.Path:
-    """`path` as a directory this process can write in (made if `create`), or a ValueError
-    naming `flag` and why not: a file in the way, no permission, a read-only file system."""
-    path = pathlib.Path(path)
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"{flag}={path}: is a file; expected a directory.")
-    if not create and not path.is_dir():
-        raise ValueError(f"{flag}={path}: no such directory.")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".tmp-write-test-"):
-            pass
-    except OSError as error:
-        reason = error.strerror or str(error)
-        raise ValueError(f"{flag}={path}: cannot write there ({reason}).") from error
-    return path
-
-
-def usual_permissions(path: pathlib.Path) -> None:
-    """The mode open()/mkdir() would have given `path`, not tempfile's private 0600/0700."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def atomic_save_weights(model: keras.Model, path: pathlib.Path) -> None:

@@ -3,7 +3,7 @@
 The instance head already gives a logit per grid cell (one window of the input);
 sparse-shot training supervises those logits directly: 1 at the cells of an
 annotated needle, 0 everywhere else (needles_tf/data/dense.py), with the loss the
-run names (needles_tf.losses.DENSE_LOSSES). The head's cells were chosen over a
+run names (needles_tf.training.losses.DENSE_LOSSES). The head's cells were chosen over a
 decoder to a finer resolution: a needle (28 px) spans three to four cells of the
 stride-8 grid, so the grid already resolves one needle from the next, and the
 trained model stays an ordinary needles_tf model (export, streaming, slides, the

@@ -15,9 +15,9 @@ import numpy as np
 import tensorflow as tf
 
 from needles_tf.atomic import atomic_write_text
-from needles_tf.checkpointing import CheckpointManager, atomic_save_weights
 from needles_tf.localization.methods import default_saliency_method
 from needles_tf.plots import saliency_overlay
+from needles_tf.training.checkpointing import CheckpointManager, atomic_save_weights
 
 
 class NonFiniteLossError(FloatingPointError):

@@ -94,10 +94,11 @@ class PreciseBatchNorm(keras.callbacks.Callback):
     validation: both happen at the same points of every run, so a resumed run matches an
     uninterrupted one.
 
-    Sparse steps (`needles_tf.sparse_backprop`) train on the statistics themselves, so they
-    take `before_validation=False`: their weights learn to work with the statistics set at
-    the start, and statistics re-estimated after an epoch describe a network that was never
-    trained (a canvas_256 run fell to 0.50 validation accuracy, loss 3.2, after one epoch).
+    Sparse steps (`needles_tf.training.modes.sparse_backprop`) train on the statistics
+    themselves, so they take `before_validation=False`: their weights learn to work with the
+    statistics set at the start, and statistics re-estimated after an epoch describe a
+    network that was never trained (a canvas_256 run fell to 0.50 validation accuracy, loss
+    3.2, after one epoch).
     """
 
     def __init__(
