@@ -1,6 +1,6 @@
 r"""Fault injection: kill -9 a training run at random moments, resume it, compare the result.
 
-    python benchmarks/kill_anywhere.py --tfds_manual_dir=../shared/data/mnist [--kills=20]
+    python benchmarks/kill_anywhere.py --tfds_manual_dir=PATH_TO_MNIST [--kills=20]
 
 Trains a short run (real nMNIST canvas_64, a 128-image subset, a tiny float32 BagNet,
 a checkpoint every 2 steps) once without interruption, then once more in another

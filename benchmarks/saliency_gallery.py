@@ -2,7 +2,7 @@ r"""Several saliency maps of one model side by side on the same validation image
 
     python benchmarks/saliency_gallery.py --model=nmnist_canvas64_pixelcam \
         --saliency=pixelcam,cam,gradient,sparse_inversion --images=6 \
-        --out=docs/nmnist_canvas64_pixelcam_maps.png
+        --out=docs/results/pixelcam/maps.png
 
 Rows are the first positive validation images of the model's dataset (then
 negatives, --negatives of them); columns the image and each method's [0, 1] map

@@ -1,7 +1,7 @@
 r"""Whole-slide inference: megapixels/s, tiles/s and peak memory against slide size.
 
     python benchmarks/slide_inference.py --model=nmnist_canvas256 \
-        --mnist_dir=../shared/data/mnist --sizes=8192,32768,65536 --workdir=/tmp/slides
+        --mnist_dir=PATH_TO_MNIST --sizes=8192,32768,65536 --workdir=/tmp/slides
 
 Writes synthetic pyramidal slides (tiled BigTIFF, levels at downsample 1, 16 and 64,
 0.25 microns per pixel) of each size: glass, and tissue in a few elliptic blobs

@@ -64,8 +64,8 @@ def train_and_evaluate(loss: str, fraction: str) -> None:
         "-m",
         "needles_tf.train",
         f"--config=sparse_shot:{_PRESET.value}",
-        f"--config.loss={loss}",
-        f"--config.annotation_fraction={fraction}",
+        f"--config.cell_targets.loss={loss}",
+        f"--config.cell_targets.annotation_fraction={fraction}",
         *[f"--config.{override}" for override in _OVERRIDES.value],
         f"--model_dir={run}",
         *common,
@@ -115,7 +115,7 @@ def report(out_dir: pathlib.Path) -> list[dict]:
 
 
 def markdown(rows: list[dict]) -> str:
-    """A table per metric: losses in rows, fractions in columns (what README shows)."""
+    """A table per metric: losses in rows, fractions in columns (the study's README shows it)."""
     fractions = sorted({row["fraction"] for row in rows})
     lines = []
     for metric in ("average_precision", "best_f1", "f1"):

@@ -1,6 +1,6 @@
 r"""Training throughput of the BagNet classifier: images/s and achieved GFLOP/s.
 
-Cases of issue 3: RF 33 with s = 1/4 at 64x64 (batch 32) and 256x256 (batch 8),
+The cases: RF 33 with s = 1/4 at 64x64 (batch 32) and 256x256 (batch 8),
 and s = 1 at 64x64 (batch 16); max pooling, RMSProp, binary cross-entropy.
 Also measures this machine's fp32 (and bf16) matrix-multiply GFLOP/s.
 

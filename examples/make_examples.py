@@ -1,6 +1,6 @@
 r"""Regenerate the example images from the MNIST files: nMNIST canvases to try the models on.
 
-    python examples/make_examples.py --mnist_dir=../shared/data/mnist [--out_dir=examples]
+    python examples/make_examples.py --mnist_dir=PATH_TO_MNIST [--out_dir=examples]
 
 Writes canvases of digits from MNIST's test set (never seen in training): one with a
 single 3 (`*_positive.png`) and one without (`*_negative.png`) at 64², 128², 256² and

@@ -25,3 +25,7 @@ def one_line_usage_errors(main: Callable[[list[str]], None]) -> Callable[[list[s
             sys.exit(2)
 
     return wrapped
+
+
+class ConfigError(ValueError):
+    """A config value or flag that cannot be used; the message names it."""

@@ -26,15 +26,15 @@ import tensorflow_datasets as tfds
 from absl import app, flags, logging
 
 from needles_tf import metadata as metadata_module
-from needles_tf import runs
 from needles_tf.atomic import atomic_path, replace_directory, usual_permissions, writable_directory
 from needles_tf.cli import one_line_usage_errors
 from needles_tf.data import pipeline
 from needles_tf.models.factory import float32_model
+from needles_tf.packaged import KERAS_FILE
+from needles_tf.run_directory import RunDirectory
 from needles_tf.serving import serving_module
 
 SAVED_MODEL = "saved_model"
-KERAS_FILE = "model.keras"
 # The signatures already hold the gradients they compute (saliency), traced at export.
 # Saving each custom gradient once more, for tapes over the loaded model, took 40% of an
 # export's time (14 of 32 s for the test suite's model); such a tape differentiates the
@@ -102,7 +102,8 @@ def main(argv: list[str]) -> None:
     if flags.FLAGS.version < 1:
         raise app.UsageError(f"--version={flags.FLAGS.version}: expected a positive integer.")
     try:
-        model, config = runs.load_run(writable_directory(model_dir, create=False))
+        writable_directory(model_dir, create=False)
+        model, config = RunDirectory(model_dir).load_model()
     except (FileNotFoundError, ValueError) as error:
         raise app.UsageError(str(error)) from error
     path = export_model(model, config, model_dir, flags.FLAGS.version, _class_names(config.dataset))

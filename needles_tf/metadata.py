@@ -30,7 +30,7 @@ def model_metadata(
         raise ValueError(f"class_names={names}: expected {classes} name(s).")
     return {
         "model": config.model.to_dict(),
-        "dataset": config.get("dataset"),
+        "dataset": config.dataset if "dataset" in config else None,  # none for a bare model
         "class_names": names,
         "receptive_field": receptive_field,
         "stride": stride,

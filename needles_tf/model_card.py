@@ -16,9 +16,10 @@ from typing import Any
 
 from needles_tf import packaged
 from needles_tf.atomic import atomic_write_text
-from needles_tf.data.o2i import nmnist_o2i
+from needles_tf.data.o2i import dataset_o2i
 from needles_tf.metadata import read_metadata
 from needles_tf.models.pixelcam import SubpixelPixelCAMHead, get_pixel_head_class
+from needles_tf.run_directory import upgraded_config
 
 LOCALIZATION = [
     ("localization_ap", "localization AP"),
@@ -34,6 +35,7 @@ def render(name: str, folder: pathlib.Path, recipe: packaged.PackagedModel) -> s
     folder = pathlib.Path(folder)
     main = _json(folder / "metrics.json")
     training = _json(folder / "training.json")
+    training["config"] = upgraded_config(training["config"])  # as this version names fields
     speed = _json(folder / "speed.json")
     extra = {
         label: _json(folder / "evaluations" / label / "metrics.json")
@@ -97,11 +99,11 @@ def _saliency_fact(metadata: dict, config: dict) -> str:
     stride = metadata["stride"]
     served = f"`{metadata['saliency']}` map"
     if _pixel_blocks(metadata["model"]):
-        pixelcam = config.get("pixelcam", {})
+        pixelcam = config["pixelcam"]
         return (
             f"{served} at the input's resolution: a block of pixel logits per {stride}-pixel "
             f"step ({metadata['model']['pixel_head']}), taught by the "
-            f"`{pixelcam.get('teacher_saliency') or 'own'}` map of `{pixelcam.get('teacher')}`"
+            f"`{pixelcam['teacher_saliency'] or 'own'}` map of `{pixelcam['teacher']}`"
         )
     return (
         f"{served}, a value per {stride}-pixel step (receptive field "
@@ -146,7 +148,8 @@ photographic images, and must not be used for any clinical or safety decision.
 
 def _training(training: dict, dataset: str) -> str:
     config, result = training["config"], training["metrics"]
-    commands = "\n".join(training["commands"])
+    # The MNIST directory is the reader's own: PATH_TO_MNIST, whatever the packager's was.
+    commands = "\n".join(packaged.with_mnist_dir(command) for command in training["commands"])
     validation = result["validation"]
     return f"""
 ## Training
@@ -164,7 +167,7 @@ Commands, from the repository's root (each run resumes if interrupted):
 ```
 
 {config["optimizer"]} at {config["learning_rate"]:g}, {config["epochs"]} epochs, batches of
-{config["batch_size"]}, backpropagation `{config["backprop"]}`, precision
+{config["batch_size"]}, training mode `{config["mode"]}`, precision
 `{config["model"]["dtype_policy"]}`, seed {config["seed"]}. The best epoch
 ({result["best_epoch"]} of {result["epochs"]}) by validation accuracy was kept:
 validation accuracy {validation["accuracy"]:.4f}, AUC {validation["auc"]:.4f}.
@@ -250,7 +253,7 @@ of {height}x{width}, batches of {speed["batch"]}, through the SavedModel's
 
 
 def _o2i(dataset: str) -> str:
-    o2i = nmnist_o2i(dataset)
+    o2i = dataset_o2i(dataset)
     return "n/a" if o2i is None else f"{100 * o2i:.1f}%"
 
 

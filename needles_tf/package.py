@@ -1,11 +1,14 @@
 r"""Package a training run as a named model: `saved_models/NAME/`, ready to use without training.
 
     python -m needles_tf.package --name=nmnist_canvas64 [--model_dir=RUN] \
-        [--tfds_manual_dir=DIR]
+        [--tfds_manual_dir=PATH_TO_MNIST]
     python -m needles_tf.package --name=nmnist_canvas64 --card_only
 
 NAME is an entry of needles_tf.packaged.PACKAGED_MODELS, whose recipe gives the
-training commands and the run they leave (--model_dir overrides it). The package
+training commands and the run they leave (--model_dir overrides it).
+--tfds_manual_dir is the directory holding the four MNIST .gz files: datasets missing
+for the evaluations are built from it, and without the run, the recipe's commands are
+shown with it in place of their PATH_TO_MNIST. The package
 is the run's export (`1/`, `model.keras`; exported now if the run was not),
 `training.json` (the commands, the run's config and training metrics),
 `metrics.json` and `evaluations/*/` (evaluate on the whole test split, and the
@@ -33,11 +36,12 @@ from typing import Any
 import numpy as np
 from absl import app, flags
 
-from needles_tf import evaluate, export, model_card, packaged, runs
+from needles_tf import evaluate, export, model_card, packaged
 from needles_tf.atomic import atomic_write_text, replace_directory, usual_permissions
 from needles_tf.cli import one_line_usage_errors
 from needles_tf.data import pipeline
 from needles_tf.metadata import read_metadata
+from needles_tf.run_directory import RunDirectory
 
 SPEED_BATCH = 16
 SPEED_SECONDS = 20.0
@@ -51,8 +55,14 @@ def package(
 ) -> pathlib.Path:
     """Builds saved_models/NAME from the run; returns the folder."""
     recipe = _recipe(name)
-    model_dir = pathlib.Path(model_dir or recipe.run)
-    model, config = runs.load_run(model_dir)
+    run = RunDirectory(model_dir or recipe.run)
+    model_dir = run.path
+    if not run.config_file.exists():
+        raise FileNotFoundError(
+            f"--model_dir={model_dir}: no training run there; {name}'s recipe trains it, from "
+            f"the repository's root: {' && '.join(recipe.commands(manual_dir))}"
+        )
+    model, config = run.load_model()
     final = packaged.packaged_folder(name)
     final.parent.mkdir(parents=True, exist_ok=True)
     work = pathlib.Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=final.parent))
@@ -64,12 +74,12 @@ def package(
             source = work / ".export"
             export.export_model(model, config, source, 1, pipeline.class_names(builder))
         shutil.copytree(source / export.SAVED_MODEL / "1", work / packaged.SAVED_MODEL_VERSION)
-        shutil.copy2(source / export.KERAS_FILE, work / packaged.KERAS_FILE)
+        shutil.copy2(source / packaged.KERAS_FILE, work / packaged.KERAS_FILE)
         shutil.rmtree(work / ".export", ignore_errors=True)
         training = {
             "commands": list(recipe.train),
-            "config": json.loads((model_dir / "config.json").read_text()),
-            "metrics": json.loads((model_dir / "metrics.json").read_text()),
+            "config": json.loads(run.config_file.read_text()),
+            "metrics": run.metrics(),
         }
         atomic_write_text(work / "training.json", json.dumps(training, indent=2))
         for label, evaluation in recipe.evaluations.items():
@@ -107,7 +117,7 @@ def reexport(folder: pathlib.Path) -> None:
     try:
         export.export_model(model, ml_collections.ConfigDict(config), work, 1, class_names)
         replace_directory(work / export.SAVED_MODEL / "1", folder / packaged.SAVED_MODEL_VERSION)
-        os.replace(work / export.KERAS_FILE, folder / packaged.KERAS_FILE)
+        os.replace(work / packaged.KERAS_FILE, folder / packaged.KERAS_FILE)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -210,5 +220,10 @@ if __name__ == "__main__":
     flags.DEFINE_bool("speed_only", False, "Only measure the speed again (then rewrite the card).")
     flags.DEFINE_bool("reexport", False, "Export model.keras again (then rewrite the card).")
     flags.DEFINE_string("tfds_data_dir", None, "TFDS data directory.")
-    flags.DEFINE_string("tfds_manual_dir", None, "Source files to build missing datasets from.")
+    flags.DEFINE_string(
+        "tfds_manual_dir",
+        None,
+        "The directory of the four MNIST .gz files (the recipes' PATH_TO_MNIST): missing "
+        "datasets are built from it.",
+    )
     app.run(one_line_usage_errors(main))

@@ -8,9 +8,10 @@ A packaged folder holds `1/` (the SavedModel, TF Serving's layout), `model.keras
 `metrics.json` (evaluate on the whole test split), `evaluations/*/metrics.json`
 (further evaluations), `speed.json` and `MODEL_CARD.md`, all written by
 `python -m needles_tf.package` from a training run. Each entry below is the recipe
-that made it: the training commands, run in order from the repository's root.
-The folders live in the repository's `saved_models/` (a clone has them);
-`NEEDLES_TF_SAVED_MODELS` names another place.
+that made it: the training commands, run in order from the repository's root, with
+PATH_TO_MNIST standing for the directory that holds the four MNIST .gz files
+(`recipe.commands(directory)` fills it in). The folders live in the repository's
+`saved_models/` (a clone has them); `NEEDLES_TF_SAVED_MODELS` names another place.
 """
 
 from __future__ import annotations
@@ -18,10 +19,23 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
+import re
+import shlex
 
 SAVED_MODEL_VERSION = "1"
-KERAS_FILE = "model.keras"
-MNIST = "--tfds_manual_dir=../shared/data/mnist"  # where the MNIST files are, in the recipes
+KERAS_FILE = "model.keras"  # a run's, an export's and a package's Keras file
+# The recipes' MNIST directory (the four MNIST .gz files), the reader's own.
+MNIST_PLACEHOLDER = "PATH_TO_MNIST"
+MANUAL_DIR_FLAG = "--tfds_manual_dir"
+MNIST = f"{MANUAL_DIR_FLAG}={MNIST_PLACEHOLDER}"
+_MANUAL_DIR = re.compile(rf"{MANUAL_DIR_FLAG}=\S+")
+
+
+def with_mnist_dir(command: str, directory: str | os.PathLike | None = None) -> str:
+    """`command` with its MNIST directory set to `directory` (None: PATH_TO_MNIST), whatever
+    directory it named; what a card shows and what a reader runs."""
+    value = MNIST_PLACEHOLDER if directory is None else shlex.quote(os.fspath(directory))
+    return _MANUAL_DIR.sub(lambda _: f"{MANUAL_DIR_FLAG}={value}", command)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +65,10 @@ class PackagedModel:
     run: str  # the run directory those commands leave, packaged from
     # "" is the main evaluation (metrics.json); others go to evaluations/NAME/
     evaluations: dict[str, Evaluation]
+
+    def commands(self, mnist_dir: str | os.PathLike | None = None) -> tuple[str, ...]:
+        """The training commands, with `mnist_dir` for PATH_TO_MNIST (None: kept)."""
+        return tuple(with_mnist_dir(command, mnist_dir) for command in self.train)
 
 
 PACKAGED_MODELS: dict[str, PackagedModel] = {

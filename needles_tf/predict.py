@@ -50,6 +50,7 @@ from PIL import Image, ImageOps
 from needles_tf import cohort, packaged
 from needles_tf.atomic import atomic_path
 from needles_tf.cli import one_line_usage_errors
+from needles_tf.grid import cell_centre
 from needles_tf.localization.streaming import StreamingModel, stream_image
 from needles_tf.localization.upsample import saliency_to_input
 from needles_tf.metadata import read_metadata
@@ -199,8 +200,8 @@ def maximum_saliency(saliency_grid: np.ndarray, class_index: int, geometry) -> d
     row, column = np.unravel_index(int(np.argmax(plane)), plane.shape)
     top, left = int(row) * stride, int(column) * stride
     return {
-        "x": left + receptive_field / 2.0,
-        "y": top + receptive_field / 2.0,
+        "x": cell_centre(int(column), receptive_field, stride),
+        "y": cell_centre(int(row), receptive_field, stride),
         "window": [top, left, top + receptive_field, left + receptive_field],  # y0, x0, y1, x1
         "value": float(plane[row, column]),
     }

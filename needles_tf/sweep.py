@@ -19,7 +19,7 @@ and, optionally,
 
 and the report's settings (needles_tf/sweep_report.py). Every point is an ordinary
 training run in WORKDIR/<point name>, run as `python -m needles_tf.train` in its own
-process: a finished point (metrics.json) is skipped, an interrupted one resumes.
+process: a finished point (RunDirectory.is_finished) is skipped, an interrupted one resumes.
 `--shard=i/n` takes every n-th point from the i-th (1-based), so n machines sharing a
 file system, or n jobs of a cluster array, split a sweep with no coordinator;
 `--jobs=N` runs N points at once on this machine.
@@ -43,6 +43,7 @@ from absl import app, flags
 
 from needles_tf import configs
 from needles_tf.cli import one_line_usage_errors
+from needles_tf.run_directory import RunDirectory
 
 SWEEPS_DIR = pathlib.Path(configs.__file__).with_name("sweeps")
 REQUIRED = ("config", "fixed", "axes")
@@ -154,15 +155,11 @@ def train_command(sweep, point: Point, workdir: pathlib.Path, extra: list[str]) 
     ]
 
 
-def is_finished(run: pathlib.Path) -> bool:
-    return (run / "metrics.json").exists()
-
-
 def run_points(
     sweep, points: list[Point], workdir: pathlib.Path, jobs: int, extra: list[str]
 ) -> list[str]:
     """Trains the unfinished points, `jobs` at a time; returns the names that failed."""
-    todo = [p for p in points if not is_finished(workdir / p.name)]
+    todo = [p for p in points if not RunDirectory(workdir / p.name).is_finished()]
     print(
         f"{len(points) - len(todo)} of {len(points)} points finished; {len(todo)} to run.",
         flush=True,

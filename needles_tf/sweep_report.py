@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import pathlib
 from typing import Any
@@ -31,8 +30,9 @@ from typing import Any
 import numpy as np
 
 from needles_tf.atomic import atomic_write_text
-from needles_tf.data.o2i import nmnist_o2i
+from needles_tf.data.o2i import dataset_o2i
 from needles_tf.plots import save_figure
+from needles_tf.run_directory import RunDirectory
 
 SEED_FIELD = "seed"
 FIT_ACCURACY = 0.99  # Pawlowski et al. 2019, Fig. 9: training accuracy above 99%
@@ -61,13 +61,12 @@ def gather(sweep, points, workdir: pathlib.Path) -> list[dict[str, Any]]:
     metric = sweep.report.metric
     groups: dict[tuple, list] = {}
     for point in points:
-        run = workdir / point.name
-        if not (run / "metrics.json").exists():
+        run = RunDirectory(workdir / point.name)
+        if not run.is_finished():
             continue
         key = tuple((f, v) for f, v in point.values if f != SEED_FIELD)
-        metrics = json.loads((run / "metrics.json").read_text())
         groups.setdefault(key, []).append(
-            (_lookup(metrics, metric), _fit_epoch(run / "history.csv"))
+            (_lookup(run.metrics(), metric), _fit_epoch(run.history_file))
         )
     rows = []
     for key, results in groups.items():
@@ -118,7 +117,7 @@ def _ordered(sweep, field: str) -> list:
 def _label(value) -> str:
     """An axis value as a tick label: a dataset without its family, with its O2I if nMNIST."""
     text = str(value).rsplit("/", 1)[-1]
-    if isinstance(value, str) and (o2i := nmnist_o2i(value)) is not None:
+    if isinstance(value, str) and (o2i := dataset_o2i(value)) is not None:
         text += f"\nO2I {100 * o2i:.2g}%"
     return text
 

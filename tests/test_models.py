@@ -24,7 +24,7 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
 
 @pytest.mark.parametrize("width, expected", [(1.0, 23_093_442), (0.25, 1_455_666)])
 def test_parameter_count_is_the_papers(width, expected):
-    """RF 33, 1-channel input, a 2-class linear head on embedding pooling (issue figures)."""
+    """RF 33, 1-channel input, a 2-class linear head on embedding pooling (the paper's counts)."""
     model = build_model(model_config(width=width, num_classes=2))
     assert model.count_params() == expected
 

@@ -141,6 +141,16 @@ def test_the_card_is_rendered_from_the_metrics(name):
     assert metrics["split"] == "test" and metrics["examples"] == 4040  # the whole test split
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_the_recipes_take_the_mnist_directory_as_a_parameter(name):
+    recipe = packaged.PACKAGED_MODELS[name]
+    assert all("--tfds_manual_dir=PATH_TO_MNIST" in command for command in recipe.train)
+    commands = recipe.commands("/data/my mnist")
+    assert all("--tfds_manual_dir='/data/my mnist'" in command for command in commands)
+    card = (packaged.packaged_folder(name) / "MODEL_CARD.md").read_text()
+    assert "shared/" not in card and "--tfds_manual_dir=PATH_TO_MNIST" in card
+
+
 def test_the_readme_table_of_packaged_models_is_rendered_from_their_metrics():
     readme = (ROOT / "README.md").read_text()
     assert model_card.packaged_table() in readme

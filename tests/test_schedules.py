@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from needles_tf import train
+from needles_tf.cli import ConfigError
 from needles_tf.configs import nmnist
+from needles_tf.run_directory import RunDirectory
 from needles_tf.training import schedules
 
 STEPS_PER_EPOCH = 10
@@ -45,14 +46,14 @@ def test_a_cosine_run_resumes_only_with_its_own_length(tmp_path):
     """More epochs extend a step schedule, but would bend a cosine mid-run: refused."""
     config = nmnist.get_config()
     config.update(lr_schedule="cosine", epochs=6)
-    (tmp_path / "cosine").mkdir()
-    train.write_config(config, tmp_path / "cosine")  # a run that started
+    cosine = RunDirectory(tmp_path / "cosine").writable()
+    cosine.write_config(config)  # a run that started
     config.epochs = 8
-    with pytest.raises(train.ConfigError, match=r"different config.*'epochs'"):
-        train.check_resumable(config, tmp_path / "cosine")
+    with pytest.raises(ConfigError, match=r"different config.*'epochs'"):
+        cosine.check_resumable(config)
 
     config = nmnist.get_config()
-    (tmp_path / "step").mkdir()
-    train.write_config(config, tmp_path / "step")
+    step = RunDirectory(tmp_path / "step").writable()
+    step.write_config(config)
     config.epochs = 300
-    train.check_resumable(config, tmp_path / "step")
+    step.check_resumable(config)

@@ -107,9 +107,11 @@ def test_soft_pooling_gradient_tends_to_the_exact_one_with_k(head, pooling):
 def test_cells_that_are_not_local_are_refused():
     keras.utils.set_random_seed(0)
     model = build_model(tiny_bagnet_config(normalization="instance"))
-    with pytest.raises(ValueError, match=r"--backprop=sparse .*--config.model.normalization=batch"):
+    with pytest.raises(
+        ValueError, match=r"--mode=sparse_backprop .*--config.model.normalization=batch"
+    ):
         SparseBackprop(model)
-    with pytest.raises(ValueError, match="sparse_top_k=-1"):
+    with pytest.raises(ValueError, match=r"sparse_backprop\.top_k=-1"):
         SparseBackprop(batch_norm_model("embedding", "max"), top_k=-1)
 
 
@@ -141,5 +143,5 @@ def test_tiles_give_the_whole_images_grid_and_gradient():
     _, by_tiles = gradients(model, tiled.sparse_logits)
     for d, t in zip(dense, by_tiles, strict=True):
         np.testing.assert_allclose(t, d, rtol=1e-4, atol=1e-6)
-    with pytest.raises(ValueError, match="sparse_tile_size=8: expected at least"):
+    with pytest.raises(ValueError, match=r"sparse_backprop\.tile_size=8: expected at least"):
         SparseBackprop(model, tile_size=8)

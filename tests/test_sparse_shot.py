@@ -21,7 +21,7 @@ from needles_tf.training.losses import (
     Exclusivity,
     exclusive_cross_entropy_terms,
 )
-from needles_tf.training.modes.cell_targets import DenseTraining
+from needles_tf.training.modes.cell_targets import CellTargetTraining
 from tfds_builders.nmnist import mnist_idx, synthesis
 
 NO_ANNEALING = dict(annealing_temperature=0.0)
@@ -192,19 +192,18 @@ def test_peaks_are_local_maxima_placed_at_window_centres():
 
 @pytest.mark.parametrize("name", sorted(DENSE_LOSSES))
 def test_a_few_steps_lower_each_loss(name):
-    config = dict(
-        seed=0,
+    settings = dict(
         focal={"alpha": 0.25, "gamma": 2.0},
         exclusive_cross_entropy=dict(annealing_temperature=0.0),
     )
     keras.utils.set_random_seed(0)
     inference = build_model(tiny_bagnet_config(head="instance", normalization="batch"))
-    training = DenseTraining(inference, prior_probability=0.01)
+    training = CellTargetTraining(inference, prior_probability=0.01)
     # every cell starts at the prior: an untrained network can already light up the
     # 255-valued squares (on some CPUs), which leaves a loss of 1e-6 and nothing to lower
     kernel = inference.head.instance_classifier.kernel
     kernel.assign(np.zeros(kernel.shape, kernel.dtype))
-    loss = DENSE_LOSSES[name](ml_collections.ConfigDict(config))
+    loss = DENSE_LOSSES[name](ml_collections.ConfigDict(settings), 0)
     training.compile(optimizer=keras.optimizers.Adam(3e-3), loss=loss)
     rng = np.random.default_rng(0)
     images = np.zeros((4, 41, 41, 1), np.float32)
@@ -260,22 +259,27 @@ def test_a_sparse_shot_run_trains_and_evaluate_detects(many_needles, tmp_path):
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        ({"loss": "dice"}, "--config.loss='dice': expected one of"),
-        ({"annotation_fraction": 0.0}, "--config.annotation_fraction=0.0: expected a fraction"),
-        ({"backprop": "sparse"}, "--backprop='sparse': expected 'dense' with a dense loss"),
+        ({"cell_targets.loss": "dice"}, "--config.cell_targets.loss='dice': expected one of"),
+        (
+            {"cell_targets.annotation_fraction": 0.0},
+            "--config.cell_targets.annotation_fraction=0.0: expected a fraction",
+        ),
     ],
 )
 def test_bad_sparse_shot_settings_name_the_flag(fields, message):
+    from needles_tf import configs
+    from needles_tf.cli import ConfigError
     from needles_tf.configs import sparse_shot
-    from needles_tf.train import ConfigError, validate_config
+    from needles_tf.training.checks import check_config, training_mode
 
     config = sparse_shot.get_config("cpu_512")
-    config.update(fields)
+    for path, value in fields.items():
+        configs.set_field(config, path, value)
     with pytest.raises(ConfigError, match=message):
-        validate_config(config)
+        check_config(config, training_mode(config))
 
 
-def test_dense_training_needs_per_cell_logits():
+def test_cell_targets_need_per_cell_logits():
     inference = build_model(tiny_bagnet_config(head="embedding"))
     with pytest.raises(ValueError, match="use --head=instance"):
-        DenseTraining(inference)
+        CellTargetTraining(inference)

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
 import pathlib
+import re
+import shutil
 import subprocess
 import sys
 import textwrap
 
 import pytest
+from conftest import assert_same_checkpoint_weights, tiny_config
 
 from needles_tf import sweep, sweep_report
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def test_the_grid_expands_as_declared_with_stable_unique_names():
@@ -78,8 +84,7 @@ def test_a_point_is_an_ordinary_training_command():
 def test_finished_points_are_skipped_and_the_others_run(tmp_path, monkeypatch):
     spec = sweep.load_sweep("pooling:cpu")
     points = sweep.expand(spec)[:3]
-    (tmp_path / points[1].name).mkdir()
-    (tmp_path / points[1].name / "metrics.json").write_text("{}")
+    write_run(tmp_path / points[1].name, 0.5, [0.5])
     ran = []
 
     def fake_run(command, **kwargs):
@@ -94,7 +99,11 @@ def test_finished_points_are_skipped_and_the_others_run(tmp_path, monkeypatch):
 
 def write_run(run: pathlib.Path, accuracy: float, train_accuracies: list[float]) -> None:
     run.mkdir(parents=True)
-    (run / "metrics.json").write_text(json.dumps({"test": {"accuracy": accuracy}}))
+    epochs = len(train_accuracies)
+    (run / "config.json").write_text(json.dumps({"epochs": epochs}))
+    (run / "metrics.json").write_text(
+        json.dumps({"epochs": epochs, "test": {"accuracy": accuracy}})
+    )
     rows = [f"{epoch},{acc}" for epoch, acc in enumerate(train_accuracies, start=1)]
     (run / "history.csv").write_text("epoch,accuracy\n" + "\n".join(rows) + "\n")
 
@@ -172,3 +181,43 @@ def test_canvas_labels_carry_their_o2i():
     assert sweep_report._label("nmnist/canvas_64") == "canvas_64\nO2I 19%"
     assert sweep_report._label("nmnist/canvas_256_train_x2") == "canvas_256_train_x2\nO2I 1.2%"
     assert sweep_report._label("ncamelyon/tiles") == "tiles" and sweep_report._label(9) == "9"
+
+
+@pytest.mark.slow
+def test_a_sweep_resumes_its_interrupted_point_and_then_skips_it(uninterrupted, tfds_dir, tmp_path):
+    """A sweep of one point, left as a run killed after step 5 of 6 (the reference run
+    without its last checkpoint, metrics and export): `python -m needles_tf.sweep`
+    resumes it in its own process to the reference's weights, and a second call finds it
+    finished and trains nothing."""
+    from needles_tf import sweep
+
+    reference_dir, _ = uninterrupted
+    config = tmp_path / "tiny.py"
+    config.write_text(
+        "import json\nimport ml_collections\n\n\ndef get_config(preset=''):\n"
+        f"    return ml_collections.ConfigDict(json.loads({tiny_config().to_json()!r}))\n"
+    )
+    sweep_file = tmp_path / "tiny_sweep.py"
+    sweep_file.write_text(
+        "import ml_collections\n\n\ndef get_config(scale):\n    return ml_collections.ConfigDict"
+        f"({{'config': {str(config)!r}, 'fixed': (), 'axes': (('seed', (0,)),)}})\n"
+    )
+    workdir = tmp_path / "work"
+    (point,) = sweep.expand(sweep.load_sweep(f"{sweep_file}:cpu"))
+    run = workdir / point.name
+    shutil.copytree(reference_dir, run)
+    for done in ("metrics.json", "saved_model", "model.keras", "checkpoints/ckpt-6"):
+        shutil.rmtree(run / done) if (run / done).is_dir() else (run / done).unlink()
+    command = [sys.executable, "-m", "needles_tf.sweep", f"--sweep={sweep_file}:cpu",
+               f"--workdir={workdir}", f"--tfds_data_dir={tfds_dir}"]  # fmt: skip
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    first = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "0 of 1 points finished; 1 to run." in first.stdout
+    assert re.search(rf"\[1/1\] {re.escape(point.name)}: done in \d+\.\d min", first.stdout)
+    log = (workdir / f"{point.name}.log").read_text()
+    assert f"Resuming from {run / 'checkpoints' / 'ckpt-5'}: 1 epochs and 5 steps done." in log
+    assert (run / "metrics.json").exists()
+    assert_same_checkpoint_weights(run, reference_dir, "ckpt-6")
+    second = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
+    assert second.returncode == 0 and "1 of 1 points finished; 0 to run." in second.stdout

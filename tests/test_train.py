@@ -2,63 +2,26 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import pathlib
-import re
-import shutil
 import subprocess
 import sys
-import textwrap
 import time
 
-import h5py
 import keras
 import numpy as np
 import pytest
-from conftest import free_ports
+from conftest import assert_same_checkpoint_weights, free_ports, tiny_config
 
 from needles_tf import train as train_module
-from needles_tf.configs import nmnist
-from needles_tf.training.callbacks import (
-    DIVERGED_WEIGHT,
-    NonFiniteLossError,
-    RunState,
-    new_run_state,
-)
+from needles_tf.run_directory import RunDirectory
 from needles_tf.training.checkpointing import CheckpointManager
 from needles_tf.training.precise_bn import batch_norm_layers
 from needles_tf.training.run_lock import LOCK_FILE
 
-pytestmark = pytest.mark.slow  # trains, or runs workers in subprocesses
-
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-STEPS_PER_EPOCH = 3  # 12 dummy training images, batch 4
-
-
-def tiny_config(**fields):
-    config = nmnist.get_config()
-    config.model.update(
-        width=0.0625,
-        receptive_field=9,
-        dtype_policy="float32",
-        head="instance",
-        pooling="lse_lba",
-        pooling_kwargs={"r0": 5.0},
-    )
-    config.update(
-        epochs=2,
-        batch_size=4,
-        effective_batch_size=4,
-        optimizer="sgd",
-        learning_rate=1e-2,
-        lr_decay_epochs=(1,),
-        checkpoint_every_steps=1,
-        overlay_images=2,
-    )
-    config.update(fields)
-    return config
+STEPS_PER_EPOCH = 3  # 12 dummy training images, batch 4 (conftest.tiny_config)
 
 
 class Crash(keras.callbacks.Callback):
@@ -83,49 +46,10 @@ class CountSteps(keras.callbacks.Callback):
         self.steps += 1
 
 
-def checkpoint_weights(path: pathlib.Path) -> list[np.ndarray]:
-    arrays = []
-    with h5py.File(path / "model.weights.h5", "r") as file:
-        file.visititems(
-            lambda name, item: (
-                arrays.append(np.array(item)) if isinstance(item, h5py.Dataset) else None
-            )
-        )
-    return arrays
+# tfds_dir and uninterrupted (the reference run) are fixtures of conftest.py.
 
 
-def assert_same_checkpoint_weights(run: pathlib.Path, reference: pathlib.Path, name: str):
-    """Checkpoint `name` of two runs holds the same weights (float32 round-off aside)."""
-    for a, b in zip(
-        checkpoint_weights(run / "checkpoints" / name),
-        checkpoint_weights(reference / "checkpoints" / name),
-        strict=True,
-    ):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-
-
-@pytest.fixture(scope="module")
-def tfds_dir(nmnist_64) -> str:
-    return str(pathlib.Path(nmnist_64.data_dir).parents[2])
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(tfds_dir, tmp_path_factory):
-    """The reference run, trained once per test session: pytest-xdist workers share one
-    training (under a lock, in the session's common temporary folder) and each gets its
-    own copy of the finished run."""
-    base = tmp_path_factory.getbasetemp()
-    shared = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shared-run"
-    with open(f"{shared}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (shared / "metrics.json").exists():
-            train_module.train(tiny_config(), shared, tfds_data_dir=tfds_dir, verbose=0)
-    model_dir = tmp_path_factory.mktemp("uninterrupted") / "run"
-    shutil.copytree(shared, model_dir)
-    (model_dir / LOCK_FILE).unlink(missing_ok=True)
-    return model_dir, json.loads((model_dir / "metrics.json").read_text())
-
-
+@pytest.mark.slow
 def test_a_run_writes_its_records_and_export(uninterrupted):
     model_dir, metrics = uninterrupted
     assert sorted(p.name for p in (model_dir / "checkpoints").iterdir()) == ["ckpt-5", "ckpt-6"]
@@ -143,6 +67,7 @@ def test_a_run_writes_its_records_and_export(uninterrupted):
     assert not list(model_dir.rglob(".tmp-*"))
 
 
+@pytest.mark.slow
 def test_crash_then_rerun_resumes_to_the_same_weights(uninterrupted, tfds_dir, tmp_path):
     reference_dir, reference_metrics = uninterrupted
     config = tiny_config()
@@ -182,6 +107,7 @@ class CrashInValidation(keras.callbacks.Callback):
         raise KeyboardInterrupt
 
 
+@pytest.mark.slow
 def test_a_kill_during_validation_resumes_to_the_same_weights(uninterrupted, tfds_dir, tmp_path):
     """Checkpoints every step, killed while epoch 1 validates: the resumed run redoes the
     epoch's last step and validation (it used to resume into an epoch of 0 steps, forever),
@@ -210,6 +136,7 @@ class LearningRateAtStart(keras.callbacks.Callback):
         self.rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
 
 
+@pytest.mark.slow
 def test_a_failed_start_leaves_no_config_and_a_lower_rate_resumes(tfds_dir, tmp_path):
     """config.json appears only as training starts, so a corrected command just runs; the
     NaN advice (a tenth of the rate) resumes, at that rate."""
@@ -231,6 +158,7 @@ def test_a_failed_start_leaves_no_config_and_a_lower_rate_resumes(tfds_dir, tmp_
     assert start.rate == pytest.approx(config.learning_rate)
 
 
+@pytest.mark.slow
 def test_rerun_with_another_config_is_refused(uninterrupted, tfds_dir):
     model_dir, _ = uninterrupted
     with pytest.raises(train_module.ConfigError, match=r"different config.*'optimizer'"):
@@ -239,267 +167,7 @@ def test_rerun_with_another_config_is_refused(uninterrupted, tfds_dir):
         )
 
 
-def test_export_loads_without_needles_tf(uninterrupted):
-    model_dir, _ = uninterrupted
-    script = textwrap.dedent(
-        """
-        import sys
-        import numpy as np
-        import tensorflow as tf
-
-        loaded = tf.saved_model.load(sys.argv[1])
-        image = np.random.default_rng(0).integers(0, 256, (2, 80, 72, 1)).astype(np.uint8)
-        out = loaded.signatures["serving_default"](image=tf.constant(image))
-        png = tf.io.encode_png(image[0])
-        encoded = loaded.signatures["serving_encoded"](image_bytes=tf.stack([png, png]))
-        assert "needles_tf" not in sys.modules
-        np.testing.assert_allclose(encoded["probability"][0], out["probability"][0], rtol=1e-5)
-        print({k: list(v.shape) for k, v in out.items()})
-        print(float(tf.reduce_min(out["saliency"])), float(tf.reduce_max(out["saliency"])))
-        """
-    )
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    result = subprocess.run(
-        [sys.executable, "-c", script, str(model_dir / "saved_model" / "1")],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd="/",
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    shapes, limits = result.stdout.strip().splitlines()[-2:]
-    # 80x72 input, RF 9, stride 8: a 9x8 grid; saliency at the input's size, in [0, 1].
-    assert eval(shapes) == {
-        "probability": [2, 1],
-        "saliency": [2, 80, 72, 1],
-        "saliency_grid": [2, 9, 8, 1],
-    }
-    low, high = map(float, limits.split())
-    assert 0.0 <= low <= high <= 1.0
-
-
-def test_saved_model_cli_runs_the_export(uninterrupted, tmp_path):
-    model_dir, _ = uninterrupted
-    np.save(tmp_path / "image.npy", np.zeros((1, 64, 64, 1), np.uint8))
-    cli = pathlib.Path(sys.executable).with_name("saved_model_cli")
-    result = subprocess.run(
-        [
-            str(cli),
-            "run",
-            "--dir",
-            str(model_dir / "saved_model" / "1"),
-            "--tag_set",
-            "serve",
-            "--signature_def",
-            "serving_default",
-            "--inputs",
-            f"image={tmp_path / 'image.npy'}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    for output in ("probability", "saliency", "saliency_grid"):
-        assert f"Result for output key {output}:" in result.stdout
-
-
-def test_keras_file_loads_in_safe_mode_and_matches(uninterrupted):
-    model_dir, metrics = uninterrupted
-    loaded = keras.saving.load_model(model_dir / "model.keras", safe_mode=True)
-    reference = train_module.build_model(tiny_config().model)
-    reference.load_weights(model_dir / f"best-epoch{metrics['best_epoch']:04d}.weights.h5")
-    images = np.random.default_rng(1).integers(0, 256, (2, 64, 64, 1)).astype(np.uint8)
-    np.testing.assert_allclose(
-        loaded.predict_on_batch(images)["probability"],
-        reference.predict_on_batch(images)["probability"],
-        rtol=1e-5,
-    )
-
-
-def test_keras_file_loads_in_a_fresh_process_after_import_needles_tf(uninterrupted):
-    """README's load: `import needles_tf` registers every layer (it used to fail with
-    "Could not locate class 'ImagePreprocessing'")."""
-    model_dir, _ = uninterrupted
-    script = (
-        "import sys, keras, numpy as np, needles_tf\n"
-        "model = keras.saving.load_model(sys.argv[1])\n"
-        "print(model.predict_on_batch(np.zeros((1, 64, 64, 1), np.uint8))['probability'].shape)"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", script, str(model_dir / "model.keras")],
-        capture_output=True, text=True, timeout=300,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.strip().splitlines()[-1] == "(1, 1)"
-
-
-def test_nan_loss_stops_with_a_clear_message(tmp_path):
-    state = new_run_state()
-    callback = RunState(state, CheckpointManager(tmp_path), tmp_path, None, STEPS_PER_EPOCH)
-    callback.on_train_batch_end(0, {"loss": 0.7})
-    with pytest.raises(NonFiniteLossError, match=r"became nan at epoch 1, step 2.*intact"):
-        callback.on_train_batch_end(1, {"loss": float("nan")})
-    assert state["global_step"] == 1
-
-
-@pytest.mark.parametrize(
-    ("monitor", "values", "best_epoch"),
-    [("val_accuracy", [0.5, 0.7, 0.6], 2), ("val_pixel_loss", [0.5, 0.3, 0.4], 2)],
-)
-def test_the_best_epoch_is_the_highest_score_or_the_lowest_loss(
-    tmp_path, monitor, values, best_epoch
-):
-    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
-    state = new_run_state()
-    callback = RunState(state, CheckpointManager(tmp_path), tmp_path, model, 1, monitor=monitor)
-    model.compile(optimizer="sgd", loss="mse")
-    callback.set_model(model)
-    for epoch, value in enumerate(values):
-        callback.on_epoch_begin(epoch)
-        callback.on_epoch_end(epoch, {monitor: value})
-    assert state["best_epoch"] == best_epoch and state["best"] == pytest.approx(values[1])
-    assert [p.name for p in tmp_path.glob("best-*")] == [f"best-epoch{best_epoch:04d}.weights.h5"]
-
-
-def test_weights_that_overflowed_or_diverged_are_never_checkpointed(tmp_path):
-    model = keras.Sequential(
-        [keras.Input((2,)), keras.layers.BatchNormalization(), keras.layers.Dense(1)]
-    )
-    manager = CheckpointManager(tmp_path)
-    callback = RunState(new_run_state(), manager, tmp_path, model, 100, every_steps=1)
-    callback.set_model(model)
-    callback.on_train_batch_end(0, {"loss": 0.7})
-    assert [p.name for p in manager.checkpoints()] == ["ckpt-1"]
-    norm, dense = model.layers
-    for step, weight, reached in [(1, np.inf, "inf"), (2, np.nan, "nan"), (3, 1e30, "1e[+]30")]:
-        dense.kernel.assign([[weight], [1.0]])
-        with pytest.raises(NonFiniteLossError, match=rf"reached {reached} by .*diverged.*intact"):
-            callback.on_train_batch_end(step, {"loss": 0.6})  # a finite loss
-        assert [p.name for p in manager.checkpoints()] == ["ckpt-1"]
-    dense.kernel.assign([[-DIVERGED_WEIGHT], [1.0]])  # the largest that is kept
-    norm.moving_variance.assign([1e12, 1.0])  # a statistic: only required to be finite
-    callback.on_train_batch_end(4, {"loss": 0.6})
-    assert [p.name for p in manager.checkpoints()] == ["ckpt-1", "ckpt-5"]
-    norm.moving_variance.assign([np.inf, 1.0])
-    with pytest.raises(NonFiniteLossError, match=r"reached inf by"):
-        callback.on_train_batch_end(5, {"loss": 0.6})
-
-
-@pytest.mark.parametrize(
-    ("fields", "message"),
-    [
-        ({"model.width": -1.0}, r"--width=-1.0: expected a positive"),
-        ({"model.pooling": "median"}, r"--pooling='median': expected one of \[.*'lse_lba'"),
-        ({"model.dtype_policy": "int8"}, r"--dtype_policy='int8': expected one of"),
-        ({"optimizer": "lbfgs"}, r"--config.optimizer='lbfgs'"),
-        (
-            {"effective_batch_size": 6},
-            r"effective_batch_size=6: expected a multiple of --batch_size=4",
-        ),
-        ({"positive_fraction": 1.5}, r"--positive_fraction=1.5"),
-        ({"positive_fraction": 0.3}, r"--positive_fraction=0.3: expected 0.5 unless --train_size"),
-        ({"batch_size": 0}, r"--batch_size=0: expected at least 1"),
-        ({"model.receptive_field": 17}, r"--receptive_field=17: expected one of"),
-        ({"best_metric": "loss"}, r"--config.best_metric=.loss.: expected .accuracy. or .auc."),
-        ({"best_metric": "pixel_loss"}, r"best_metric='pixel_loss': .* 'pixel_loss' with a pixel"),
-        ({"lr_schedule": "linear"}, r"--config.lr_schedule='linear': expected one of \['cosine'"),
-        ({"warmup_epochs": 2.0}, r"--config.warmup_epochs=2.0: expected .* fewer than --epochs=2"),
-    ],
-)
-def test_bad_config_values_name_the_flag(fields, message):
-    config = tiny_config()
-    for path, value in fields.items():
-        train_module.configs.set_field(config, path, value)
-    with pytest.raises(train_module.ConfigError, match=message):
-        train_module.validate_config(config)
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    return subprocess.run(
-        [sys.executable, "-m", "needles_tf.train", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=300,
-    )
-
-
-def test_command_line_rejects_bad_flags_at_once(tmp_path):
-    result = run_cli("--pooling=median", f"--model_dir={tmp_path}")
-    assert result.returncode != 0
-    assert "--pooling=median" in result.stderr and "lse_lba" in result.stderr
-    result = run_cli("--width=-2", "--preset=cpu_quick", f"--model_dir={tmp_path}")
-    assert result.returncode != 0 and "--width=-2.0: expected a positive" in result.stderr
-    # A family by name, with a preset from the family it builds on.
-    result = run_cli(
-        "--config=ncamelyon",
-        "--preset=cpu_quick",
-        "--width=-2",
-        f"--model_dir={tmp_path}",
-    )
-    assert result.returncode != 0 and "--width=-2.0: expected a positive" in result.stderr
-    result = run_cli("--preset=gpu_huge", f"--model_dir={tmp_path}")
-    assert result.returncode != 0 and "--preset='gpu_huge': expected one of" in result.stderr
-    assert not any(tmp_path.iterdir())
-    result = run_cli("--config.model.pooling_kwargs.r0=5", f"--model_dir={tmp_path}")
-    assert result.returncode != 0
-    last = result.stderr.strip().splitlines()[-1]
-    assert "--config.model.pooling_kwargs.r0: the config has no field 'r0'" in last, last
-    # One line, not absl's docstring and 500 lines of flag help.
-    result = run_cli("--dataset=nonexistent", f"--model_dir={tmp_path / 'run'}")
-    assert result.returncode == 2, result.stderr[-2000:]
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("Error: --dataset='nonexistent': no such TFDS dataset"), last
-    assert "Train a needles_tf model" not in result.stderr + result.stdout
-
-
-def test_preset_then_config_overrides_then_flags():
-    from absl import flags
-
-    preset = nmnist.PRESETS["cpu_quick"]
-    argv = [
-        "train",
-        "--config=nmnist",
-        "--preset=cpu_quick",
-        "--config.learning_rate=0.01",
-        "--config.model.width=0.5",
-        "--width=0.125",
-        "--pooling=max",
-        "--head=embedding",
-    ]
-    flags.FLAGS.unparse_flags()
-    train_module.parse_flags(argv)
-    try:
-        config = train_module.resolved_config()
-    finally:
-        flags.FLAGS.unparse_flags()
-    assert config.epochs == preset["epochs"] and config.optimizer == preset["optimizer"]
-    assert config.learning_rate == 0.01  # --config.* beats the preset
-    assert config.model.width == 0.125 and config.model.pooling == "max"  # plain flags last
-
-
-def test_config_argument_names_a_family_and_folds_the_preset_into_it():
-    path = str(train_module.configs.config_path("multires"))
-    folded = train_module.config_argv(["train", "--config=multires", "--preset=cpu_quick"])
-    assert folded == ["train", f"--config={path}:cpu_quick", "--preset=cpu_quick"]
-    default = train_module.config_argv(["train", "--preset=cpu_quick", "--epochs=1"])
-    assert default[1] == f"--config={train_module.configs.config_path('nmnist')}:cpu_quick"
-    spaced = train_module.config_argv(["train", "--config", "multires", "--preset", "cpu_quick"])
-    assert spaced == folded
-    mine = train_module.config_argv(["train", "--config=/somewhere/mine.py:small"])
-    assert mine == ["train", "--config=/somewhere/mine.py:small"]
-    with pytest.raises(ValueError, match="give one preset"):
-        train_module.config_argv(["train", "--config=nmnist:a", "--preset=b"])
-    with pytest.raises(ValueError, match=r"--config='resnet': expected a .py file or one of"):
-        train_module.config_argv(["train", "--config=resnet:cpu_quick"])
-
-
+@pytest.mark.slow
 def test_multi_worker_run_survives_kill_9_of_every_worker(tfds_dir, tmp_path):
     """Two workers on localhost, killed with SIGKILL mid-run, rerun: they resume and finish."""
     model_dir = tmp_path / "run"
@@ -559,43 +227,6 @@ def test_multi_worker_run_survives_kill_9_of_every_worker(tfds_dir, tmp_path):
     assert (model_dir / "saved_model" / "1" / "saved_model.pb").exists()
 
 
-def test_evaluate_writes_metrics_table_and_pictures(uninterrupted, tfds_dir, capsys):
-    from needles_tf import evaluate
-
-    model_dir, run_metrics = uninterrupted
-    methods = ["instance", "gradient", "sparse_inversion"]
-    results = evaluate.evaluate(model_dir, "test", methods, batch_size=8, data_dir=tfds_dir)
-    # The same weights on the same split: the trainer's test accuracy (logit >= 0).
-    assert results["classification"]["accuracy"] == pytest.approx(run_metrics["test"]["accuracy"])
-    assert results["examples"] == 16
-    assert set(results["localization"]) == set(methods)
-    for values in results["localization"].values():
-        for name in ("localization_ap", "dice", "pointing_game", "pxap", "iobb_accuracy@tau=0.5"):
-            assert 0.0 <= values[name] <= 1.0, name
-    saved = json.loads((model_dir / "eval" / "metrics.json").read_text())
-    assert saved["localization"].keys() == results["localization"].keys()
-    for picture in ("precision_recall.png", "overlays.png"):
-        assert (model_dir / "eval" / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    table = capsys.readouterr().out
-    assert "sparse_inversion" in table and "localization_ap" in table
-
-
-def test_evaluate_without_boxes_says_why_it_skips(uninterrupted, tfds_dir, monkeypatch, capsys):
-    from needles_tf import evaluate
-
-    def without_boxes(*args, **kwargs):
-        data = load(*args, **kwargs)
-        return data.map(lambda e: {"image": e["image"], "label": e["label"]})
-
-    load = evaluate.load
-    monkeypatch.setattr(evaluate, "load", without_boxes)
-    model_dir, _ = uninterrupted
-    results = evaluate.evaluate(model_dir, "test", ["gradient"], batch_size=8, data_dir=tfds_dir)
-    assert results["localization"] == "skipped: nmnist/canvas_64 has no needle_bbox feature"
-    assert "localization skipped: nmnist/canvas_64 has no needle_bbox" in capsys.readouterr().out
-    assert (model_dir / "eval" / "overlays.png").exists()
-
-
 @pytest.mark.parametrize("where", ["file", "under_a_file", "unwritable"])
 def test_a_model_dir_that_cannot_hold_a_run_is_named(tmp_path, where):
     (tmp_path / "a_file").write_text("")
@@ -609,25 +240,7 @@ def test_a_model_dir_that_cannot_hold_a_run_is_named(tmp_path, where):
         train_module.train(tiny_config(), model_dir)
 
 
-def test_evaluate_and_export_name_a_bad_model_dir_or_split(uninterrupted, tfds_dir, tmp_path):
-    from needles_tf import evaluate
-
-    model_dir, _ = uninterrupted
-    with pytest.raises(ValueError, match=r"--split='tset': expected one of \['test', 'train'"):
-        evaluate.evaluate(model_dir, "tset", ["instance"], data_dir=tfds_dir)
-    (tmp_path / "a_file").write_text("")
-    with pytest.raises(ValueError, match=r"--model_dir=.*a_file: is a file"):
-        evaluate.evaluate(tmp_path / "a_file", "test", data_dir=tfds_dir)
-    result = subprocess.run(
-        [sys.executable, "-m", "needles_tf.export", f"--model_dir={model_dir}", "--version=-1"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=300,
-    )
-    assert result.returncode != 0 and "--version=-1: expected a positive integer" in result.stderr
-
-
+@pytest.mark.slow
 def test_resume_passes_over_a_truncated_checkpoint(uninterrupted, tfds_dir, tmp_path, caplog):
     """The newest checkpoint cut short (a full disk, a copy): resume from the one before,
     and still end with the uninterrupted run's weights."""
@@ -690,7 +303,7 @@ class BatchNormStatistics(keras.callbacks.Callback):
 
 @pytest.mark.slow
 def test_sparse_backprop_trains_under_fit_and_exports(tfds_dir, tmp_path):
-    config = batch_norm_config(backprop="sparse", precise_bn_images=12)
+    config = batch_norm_config(mode="sparse_backprop", precise_bn_images=12)
     recorder = BatchNormStatistics()
     metrics = train_module.train(
         config, tmp_path / "run", tfds_data_dir=tfds_dir, verbose=0, extra_callbacks=(recorder,)
@@ -699,8 +312,8 @@ def test_sparse_backprop_trains_under_fit_and_exports(tfds_dir, tmp_path):
     # Sparse steps train on the statistics estimated at the start: validation keeps them.
     np.testing.assert_array_equal(recorder.at_validation, recorder.at_first_step)
     assert (tmp_path / "run" / "saved_model" / "1" / "saved_model.pb").exists()
-    instance_norm = tiny_config(backprop="sparse")
-    with pytest.raises(train_module.ConfigError, match="--backprop=sparse"):
+    instance_norm = tiny_config(mode="sparse_backprop")
+    with pytest.raises(train_module.ConfigError, match="--mode=sparse_backprop"):
         train_module.train(instance_norm, tmp_path / "refused", tfds_data_dir=tfds_dir)
 
 
@@ -716,7 +329,6 @@ def test_a_curriculum_starts_each_stage_from_the_last_and_resumes(
     uninterrupted, tfds_dir, tmp_path
 ):
     """Stages of a curriculum are runs of their own: init_from chains them, reruns skip them."""
-    from needles_tf.runs import load_run
 
     first_run, _ = uninterrupted
     start = FirstWeights()
@@ -729,7 +341,7 @@ def test_a_curriculum_starts_each_stage_from_the_last_and_resumes(
     assert stages == ["stage0-nmnist_canvas_64", "stage1-nmnist_canvas_64"]
     second = json.loads((tmp_path / stages[1] / "config.json").read_text())
     assert second["init_from"] == str(tmp_path / stages[0]) and second["curriculum"] == []
-    stage0_best, _ = load_run(tmp_path / stages[0])
+    stage0_best, _ = RunDirectory(tmp_path / stages[0]).load_model()
     np.testing.assert_array_equal(start.kernel, np.asarray(stage0_best.weights[0]))
     assert metrics == json.loads((tmp_path / stages[1] / "metrics.json").read_text())
     again = train_module.train_curriculum(config, tmp_path, tfds_data_dir=tfds_dir, verbose=0)
@@ -737,109 +349,6 @@ def test_a_curriculum_starts_each_stage_from_the_last_and_resumes(
     missing = tiny_config(init_from=str(tmp_path / "nothing"))
     with pytest.raises(train_module.ConfigError, match=r"--init_from=.*no best-epoch"):
         train_module.train(missing, tmp_path / "x", tfds_data_dir=tfds_dir)
-
-
-def test_package_builds_a_named_model_from_a_run(uninterrupted, tfds_dir, tmp_path, monkeypatch):
-    """A run becomes saved_models/NAME, usable by name in evaluate, predict and models.load,
-    with a card rendered from its files."""
-    from needles_tf import evaluate, model_card, models, package, packaged, predict
-
-    model_dir, _ = uninterrupted
-    recipe = packaged.PackagedModel(
-        summary="A tiny test model.",
-        train=("python -m needles_tf.train --preset=tiny",),
-        run=str(model_dir),
-        evaluations={
-            "": packaged.Evaluation(saliency=("instance", "gradient")),
-            "first_4": packaged.Evaluation(saliency=("instance",), max_examples=4, why="a few"),
-            "other_canvas": packaged.Evaluation(
-                saliency=("instance",), dataset="nmnist/canvas_64", why="another canvas"
-            ),
-        },
-    )
-    monkeypatch.setitem(packaged.PACKAGED_MODELS, "tiny", recipe)
-    monkeypatch.setenv("NEEDLES_TF_SAVED_MODELS", str(tmp_path / "saved"))
-    monkeypatch.setattr(package, "SPEED_SECONDS", 0.1)
-    folder = package.package("tiny", data_dir=tfds_dir)
-
-    assert folder == tmp_path / "saved" / "tiny"
-    assert sorted(p.name for p in (tmp_path / "saved").iterdir()) == ["tiny"]  # no temporary
-    main = json.loads((folder / "metrics.json").read_text())
-    assert main["examples"] == 16 and set(main["localization"]) == {"instance", "gradient"}
-    low, high = main["classification"]["ci95"]["accuracy"]
-    assert low <= main["classification"]["accuracy"] <= high
-    assert (folder / "reliability.png").read_bytes()[:4] == b"\x89PNG"
-    assert json.loads((folder / "evaluations/first_4/metrics.json").read_text())["examples"] == 4
-    speed = json.loads((folder / "speed.json").read_text())
-    assert speed["images_per_second"] > 0 and speed["image_size"] == [64, 64]
-    card = (folder / "MODEL_CARD.md").read_text()
-    assert card == model_card.render("tiny", folder, recipe)
-    assert "python -m needles_tf.train --preset=tiny" in card and "`first_4`: a few." in card
-    assert f"| accuracy | {main['classification']['accuracy']:.4f} |" in card
-    assert "| nmnist/canvas_64 | 19.1% | 16 |" in card  # the other-canvas table
-
-    # The name works wherever a model is expected.
-    model = models.load("tiny")
-    assert model.name == keras.saving.load_model(model_dir / "model.keras").name
-    exported = predict.load_exported("tiny")
-    assert exported.metadata["dataset"] == "nmnist/canvas_64"
-    again = evaluate.evaluate(
-        model="tiny", out_dir=tmp_path / "again", resamples=0, data_dir=tfds_dir
-    )
-    assert again["classification"]["accuracy"] == main["classification"]["accuracy"]
-    assert "ci95" not in again["classification"]
-    with pytest.raises(FileNotFoundError, match=r"--model=tinyy: no such file .* \(one of .*tiny"):
-        packaged.resolve("tinyy")
-
-    # Exported again (new signatures, same weights): the same answers.
-    image = np.random.default_rng(0).uniform(0, 255, (64, 64, 1)).astype("float32")
-    before = predict.predict_image(exported, image, 32)
-    package.reexport(folder)
-    after = predict.predict_image(predict.load_exported("tiny"), image, 32)
-    np.testing.assert_allclose(after["probability"], before["probability"], atol=1e-6)
-    np.testing.assert_allclose(after["saliency_grid"], before["saliency_grid"], atol=1e-6)
-    assert sorted(p.name for p in (tmp_path / "saved").iterdir()) == ["tiny"]
-    with pytest.raises(ValueError, match=r"--model_dir .* or --model .*, one of the two"):
-        evaluate.evaluate(model_dir, model="tiny", data_dir=tfds_dir)
-
-
-def test_a_sweep_resumes_its_interrupted_point_and_then_skips_it(uninterrupted, tfds_dir, tmp_path):
-    """A sweep of one point, left as a run killed after step 5 of 6 (the reference run
-    without its last checkpoint, metrics and export): `python -m needles_tf.sweep`
-    resumes it in its own process to the reference's weights, and a second call finds it
-    finished and trains nothing."""
-    from needles_tf import sweep
-
-    reference_dir, _ = uninterrupted
-    config = tmp_path / "tiny.py"
-    config.write_text(
-        "import json\nimport ml_collections\n\n\ndef get_config(preset=''):\n"
-        f"    return ml_collections.ConfigDict(json.loads({tiny_config().to_json()!r}))\n"
-    )
-    sweep_file = tmp_path / "tiny_sweep.py"
-    sweep_file.write_text(
-        "import ml_collections\n\n\ndef get_config(scale):\n    return ml_collections.ConfigDict"
-        f"({{'config': {str(config)!r}, 'fixed': (), 'axes': (('seed', (0,)),)}})\n"
-    )
-    workdir = tmp_path / "work"
-    (point,) = sweep.expand(sweep.load_sweep(f"{sweep_file}:cpu"))
-    run = workdir / point.name
-    shutil.copytree(reference_dir, run)
-    for done in ("metrics.json", "saved_model", "model.keras", "checkpoints/ckpt-6"):
-        shutil.rmtree(run / done) if (run / done).is_dir() else (run / done).unlink()
-    command = [sys.executable, "-m", "needles_tf.sweep", f"--sweep={sweep_file}:cpu",
-               f"--workdir={workdir}", f"--tfds_data_dir={tfds_dir}"]  # fmt: skip
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    first = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
-    assert first.returncode == 0, first.stderr[-3000:]
-    assert "0 of 1 points finished; 1 to run." in first.stdout
-    assert re.search(rf"\[1/1\] {re.escape(point.name)}: done in \d+\.\d min", first.stdout)
-    log = (workdir / f"{point.name}.log").read_text()
-    assert f"Resuming from {run / 'checkpoints' / 'ckpt-5'}: 1 epochs and 5 steps done." in log
-    assert (run / "metrics.json").exists()
-    assert_same_checkpoint_weights(run, reference_dir, "ckpt-6")
-    second = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
-    assert second.returncode == 0 and "1 of 1 points finished; 0 to run." in second.stdout
 
 
 def test_images_smaller_than_the_receptive_field_are_refused_in_one_line(tfds_dir, tmp_path):

@@ -6,9 +6,12 @@
     python -m needles_tf.train --preset=cpu_quick            # the same as nmnist:cpu_quick
     python -m needles_tf.train --config=path/to/mine.py      # your own file
 
-Each module has `get_config(preset="")` and `PRESETS`, a dict from preset name to
-{dotted field: value}. `--preset` is the config argument's `:preset`, so a
-preset is only ever applied by its family's get_config.
+Each module has `get_config(preset="")`, `PRESETS`, a dict from preset name to
+{dotted field: value}, and `DATASETS`, the TFDS datasets its presets may train on.
+`--preset` is the config argument's `:preset`, so a preset is only ever applied by its
+family's get_config. Every field has its default written once, in `nmnist.py` (the
+base of every family) or in its training mode's module (its section); configs come
+locked, so that a misspelled field fails instead of being added.
 """
 
 from __future__ import annotations
@@ -48,6 +51,18 @@ def apply_preset(
         raise ValueError(f"--preset={preset!r}: expected one of {sorted(presets)}.")
     for path, value in presets[preset].items():
         set_field(config, path, value)
+
+
+def finished(
+    config: ml_collections.ConfigDict, preset: str, presets: Mapping[str, Mapping[str, Any]]
+) -> ml_collections.ConfigDict:
+    """`config` with `preset` applied (if any), locked: no field can be added any more, but
+    to `model.pooling_kwargs`, whose keys are those of the pooling chosen."""
+    if preset:
+        apply_preset(config, preset, presets)
+    config.lock()
+    config.model.pooling_kwargs.unlock()
+    return config
 
 
 def set_field(config: ml_collections.ConfigDict, path: str, value: Any) -> None:

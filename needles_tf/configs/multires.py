@@ -13,7 +13,10 @@ with BagNet: --dataset=nmnist/canvas_128 --config.model.num_classes=1.
 
 import ml_collections
 
-from needles_tf.configs import apply_preset, nmnist
+from needles_tf.configs import finished, nmnist
+
+# ChestX-ray14, and nMNIST for a comparison with BagNet
+DATASETS = ("cxr14", "nmnist")
 
 PRESETS = {
     # A laptop CPU: fewer epochs, narrower; the architecture and recipe unchanged.
@@ -40,6 +43,7 @@ PRESETS = {
 
 def get_config(preset: str = "") -> ml_collections.ConfigDict:
     config = nmnist.get_config()
+    config.unlock()  # the model's fields are this extractor's own
     config.dataset = "cxr14/size512"
     config.model = ml_collections.ConfigDict(
         {
@@ -54,6 +58,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
             "head": "instance",
             "pooling": "lse_lba",
             "pooling_kwargs": {"r0": 5.0},
+            "pixel_head": "",
             "num_classes": 14,
             "dtype_policy": "auto",
         }
@@ -69,6 +74,4 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     # §4.2: "zoomed by a factor uniformly sampled from [0.25, 0.75]" (read here as a zoom
     # of 1 ± 0.25), translated by up to ±50 pixels, rotated by up to ±25 degrees.
     config.augmentation = {"zoom": 0.25, "translate_pixels": 50.0, "rotate_degrees": 25.0}
-    if preset:
-        apply_preset(config, preset, PRESETS)
-    return config
+    return finished(config, preset, PRESETS)

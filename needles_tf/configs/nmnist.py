@@ -10,7 +10,11 @@ cross-entropy, the checkpoint with the best validation accuracy kept.
 
 import ml_collections
 
-from needles_tf.configs import apply_preset
+from needles_tf.configs import finished
+from needles_tf.training.modes import mode_sections
+
+# The TFDS datasets this family trains on.
+DATASETS = ("nmnist",)
 
 # The s = 1/4 batch-norm BagNet that the canvas recipes train, stage after stage.
 CPU_CANVAS_MODEL = {
@@ -23,7 +27,7 @@ CPU_CANVAS_MODEL = {
 PRESETS = {
     # A laptop CPU, about 25 minutes on 2 cores for canvas_64. The paper's protocol sits
     # at chance for many epochs (its §3 "Optimization"); batch normalization, Adam at
-    # 3e-3 and batches of 16 leave chance within the first epoch (measured: notes of issue 4).
+    # 3e-3 and batches of 16 leave chance within the first epoch (measured on 2 cores).
     "cpu_quick": {
         "model.width": 0.25,
         "model.normalization": "batch",
@@ -37,7 +41,7 @@ PRESETS = {
     # canvas_64 (O2I 19%) in about 10 minutes on 2 cores: cpu_quick with batches of 32
     # (11% more images/s), residual branches starting at zero ("zero gamma", Goyal et al. 2017) and
     # 7 epochs. Adam between 3e-3 and 1e-2 learns alike; 1e-3, a cosine and SGD learn slower
-    # (2-epoch probes in the notes of the large-image training issue).
+    # (2-epoch probes).
     "cpu_canvas64": {
         **CPU_CANVAS_MODEL,
         "optimizer": "adam",
@@ -54,7 +58,7 @@ PRESETS = {
         "dataset": "nmnist/canvas_256",
         **CPU_CANVAS_MODEL,
         "model.head": "instance",
-        "backprop": "sparse",
+        "mode": "sparse_backprop",
         "optimizer": "adam",
         "learning_rate": 2e-3,
         "lr_decay_epochs": (3,),
@@ -82,6 +86,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
             "head": "embedding",
             "pooling": "max",
             "pooling_kwargs": {},
+            "pixel_head": "",  # a pixel head of needles_tf.models.pixelcam (--mode=pixelcam)
             "num_classes": 1,
             # auto: mixed_bfloat16 (float32 statistics and logits) where the CPU or GPU has
             # bf16 matrix units, float32 elsewhere (needles_tf/precision.py)
@@ -110,19 +115,16 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     config.curriculum = ()
     config.strategy = "auto"  # needles_tf.training.distribute.STRATEGIES
     config.checkpoint_every_steps = 0  # 0: at the end of each epoch only
-    # dense: every cell back-propagated; sparse: only the cells the pooled value depends
-    # on, recomputed from their windows (training/modes/sparse_backprop.py; batch norm only)
-    config.backprop = "dense"
-    config.sparse_top_k = 0  # cells per image in sparse steps; 0: all the gradient reaches
-    config.sparse_tile_size = 1024  # sparse steps run the backbone tile by tile above this
-    # training images whose batch statistics replace batch normalization's moving averages
-    # before the first step and, in dense runs, before each validation
-    # (needles_tf/training/precise_bn.py); 0: keep the moving averages
+    # how the run trains (needles_tf.training.modes): image, sparse_backprop (only the cells
+    # the pooled value depends on, recomputed from their windows; batch norm only),
+    # cell_targets, pixelcam; each mode's settings are the section of its name below
+    config.mode = "image"
     config.precise_bn_images = 256
     config.overlay_images = 8  # validation images drawn with their saliency in TensorBoard
     # write the SavedModel and model.keras when training ends; False for many runs whose
     # weights are enough (`python -m needles_tf.export --model_dir=RUN` exports later)
     config.export = True
-    if preset:
-        apply_preset(config, preset, PRESETS)
-    return config
+    # warps of the training images (needles_tf.data.augment); all zero: none
+    config.augmentation = {"zoom": 0.0, "translate_pixels": 0.0, "rotate_degrees": 0.0}
+    config.update(mode_sections())  # every mode's settings, each written once in its module
+    return finished(config, preset, PRESETS)

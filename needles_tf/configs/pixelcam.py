@@ -15,14 +15,16 @@ Negative images here get their 5 background seeds from anywhere, no foreground.
 
 import ml_collections
 
-from needles_tf.configs import apply_preset, nmnist
+from needles_tf.configs import finished, nmnist
+
+DATASETS = ("nmnist",)
 
 PRESETS = {
     # nMNIST canvas_64 from the packaged nmnist_canvas64 (s = 1/4 batch-norm BagNet-33,
     # embedding head, max pooling): its model, a few epochs, Adam at a tenth of its rate.
     # Whole-window blocks from gradient x input seeds localized best of the variants
     # tried (bilinear, sub-pixel and window heads; CAM, gradient and gradient x input
-    # seeds; salient negatives: README's PixelCAM table, notes of issue 17).
+    # seeds; salient negatives: docs/results/pixelcam).
     "cpu_canvas64": {
         **nmnist.CPU_CANVAS_MODEL,
         "model.pixel_head": "pixelcam_window",
@@ -40,27 +42,10 @@ PRESETS = {
 
 def get_config(preset: str = "") -> ml_collections.ConfigDict:
     config = nmnist.get_config()
+    config.mode = "pixelcam"
     config.model.pixel_head = "pixelcam"
-    config.pixelcam = ml_collections.ConfigDict(
-        {
-            # a training run's directory, a .keras file or a packaged model's name
-            "teacher": "",
-            # the teacher's map the seeds come from: "" its own (the head's), or a
-            # name of needles_tf.localization.methods (cam, instance, gradient, ...)
-            "teacher_saliency": "",
-            "foreground_pixels": 5,
-            "background_pixels": 5,
-            "background_fraction": 0.2,  # the authors' code default; their README: 0.4
-            # background seeds of a needle-free image: "anywhere" (uniform, the paper's)
-            # or "salient" (in proportion to the teacher's map: its false alarms)
-            "negative_background": "anywhere",
-            "weight": 1.0,  # of the partial cross-entropy
-        }
-    )
     config.optimizer = "sgd"
     config.learning_rate = 1e-3
     config.lr_decay_epochs = (5, 10, 15)
     config.epochs = 20
-    if preset:
-        apply_preset(config, preset, PRESETS)
-    return config
+    return finished(config, preset, PRESETS)

@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from needles_tf.data.pipeline import _shard_by_data
 from needles_tf.data.subsets import load
+from needles_tf.grid import cell_centre
 
 NEEDLES_FEATURE = "needles"
 
@@ -41,9 +42,8 @@ def annotated_centres(needles: dict, fraction: float, height, width) -> tf.Tenso
 def cell_targets(centres, rows: int, cols: int, receptive_field: int, stride: int, radius):
     """(rows, cols, 1) float32: 1 where a cell's window centre is within `radius` pixels
     (Chebyshev) of one of `centres`."""
-    offset = receptive_field / 2.0
-    cell_y = tf.range(rows, dtype=tf.float32) * stride + offset
-    cell_x = tf.range(cols, dtype=tf.float32) * stride + offset
+    cell_y = cell_centre(tf.range(rows, dtype=tf.float32), receptive_field, stride)
+    cell_x = cell_centre(tf.range(cols, dtype=tf.float32), receptive_field, stride)
     near_y = tf.abs(cell_y[None, :] - centres[:, :1]) <= radius  # (m, rows)
     near_x = tf.abs(cell_x[None, :] - centres[:, 1:]) <= radius  # (m, cols)
     hit = tf.reduce_any(near_y[:, :, None] & near_x[:, None, :], axis=0)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from needles_tf.registry import Registry
+
 
 def instance_normalize(x, gamma, beta, epsilon: float):
     """Normalizes float32 `x` (B, H, W, C) per image and channel over H, W; then gamma, beta.
@@ -114,7 +116,10 @@ class InstanceNormalization(keras.layers.Layer):
 # Name -> normalization layer constructor of the extractors: instance (Pawlowski et al. 2019
 # §2.2, statistics of each input) or batch (BagNet's and Yao et al.'s own; per-position at
 # inference).
-NORMALIZATIONS = {
-    "instance": InstanceNormalization,
-    "batch": lambda **kwargs: keras.layers.BatchNormalization(epsilon=1e-5, **kwargs),
-}
+NORMALIZATIONS: Registry = Registry("--config.model.normalization")
+NORMALIZATIONS.register("instance")(InstanceNormalization)
+
+
+@NORMALIZATIONS.register("batch")
+def batch_normalization(**kwargs) -> keras.layers.BatchNormalization:
+    return keras.layers.BatchNormalization(epsilon=1e-5, **kwargs)

@@ -14,9 +14,9 @@ class StridedPointwiseConv2D(keras.layers.Conv2D):
     alike). The subsampled form exists because oneDNN's kernel for the weight gradient
     of a strided 1x1 convolution with fewer input channels than its vector block
     (16 on AVX-512, 8 on AVX2) writes past its workspace: the process crashes, or the
-    gradients come out wrong (oneDNN issue 6035; with TensorFlow 2.21, crashes on an
-    Intel Sapphire Rapids, and on an AMD Zen 4 crashes or a relative error of about 1
-    at 4-15 input channels, measured).
+    gradients come out wrong (oneDNN's bug report, github.com/uxlfoundation/oneDNN/issues/6035;
+    with TensorFlow 2.21, crashes on an Intel Sapphire Rapids, and on an AMD Zen 4 crashes
+    or a relative error of about 1 at 4-15 input channels, measured).
     Every strided 1x1 convolution of the extractors uses this layer.
     """
 

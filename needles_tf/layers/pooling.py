@@ -24,7 +24,9 @@ from collections.abc import Callable
 import keras
 from keras import ops
 
-POOLINGS: dict[str, type[GlobalPooling]] = {}
+from needles_tf.registry import Registry
+
+POOLINGS: Registry[type[GlobalPooling]] = Registry("--pooling")
 
 
 def register_pooling(name: str) -> Callable[[type], type]:
@@ -32,7 +34,7 @@ def register_pooling(name: str) -> Callable[[type], type]:
 
     def register(cls: type) -> type:
         cls.pooling_name = name
-        POOLINGS[name] = cls
+        POOLINGS.register(name)(cls)
         return keras.saving.register_keras_serializable(package="needles_tf")(cls)
 
     return register
@@ -40,9 +42,7 @@ def register_pooling(name: str) -> Callable[[type], type]:
 
 def pooling_class(pooling: str) -> type[GlobalPooling]:
     """The layer class registered as `pooling`."""
-    if pooling not in POOLINGS:
-        raise ValueError(f"pooling={pooling!r}: expected one of {sorted(POOLINGS)}.")
-    return POOLINGS[pooling]
+    return POOLINGS.get_or_raise(pooling)
 
 
 def get_pooling(pooling: str, **kwargs) -> GlobalPooling:

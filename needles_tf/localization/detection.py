@@ -17,6 +17,8 @@ import dataclasses
 import numpy as np
 from skimage.feature import peak_local_max
 
+from needles_tf.grid import cell_centre
+
 
 def peaks(
     cell_map: np.ndarray, min_distance: int, min_score: float
@@ -34,7 +36,7 @@ def peaks(
 
 def cell_centres(cells: np.ndarray, receptive_field: int, stride: int) -> np.ndarray:
     """(k, 2) cells -> (k, 2) float pixel (row, col) of their windows' centres."""
-    return cells.astype(np.float64) * stride + receptive_field / 2.0
+    return cell_centre(cells.astype(np.float64), receptive_field, stride)
 
 
 def match(points: np.ndarray, scores: np.ndarray, boxes: np.ndarray) -> np.ndarray:

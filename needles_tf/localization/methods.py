@@ -25,6 +25,7 @@ from needles_tf.localization.gradients import input_gradient
 from needles_tf.localization.upsample import cells_to_input, saliency_to_input
 from needles_tf.models.heads import EmbeddingPoolingHead, InstancePoolingHead
 from needles_tf.models.pixelcam import PixelCAMHead
+from needles_tf.registry import Registry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,19 +96,17 @@ class GridSaliencyMethod(SaliencyMethod):
         return SaliencyMaps(raw=maps.raw[..., k], unit=maps.unit[..., k])
 
 
-SALIENCY_METHODS: dict[str, SaliencyMethod] = {}
+SALIENCY_METHODS: Registry[SaliencyMethod] = Registry("--saliency")
 
 
 def register_saliency(cls: type[SaliencyMethod]) -> type[SaliencyMethod]:
     """Class decorator: `--saliency=cls.name` uses an instance of `cls`."""
-    SALIENCY_METHODS[cls.name] = cls()
+    SALIENCY_METHODS.register(cls.name)(cls())
     return cls
 
 
 def get_saliency_method(name: str) -> SaliencyMethod:
-    if name not in SALIENCY_METHODS:
-        raise ValueError(f"--saliency={name!r}: expected one of {sorted(SALIENCY_METHODS)}.")
-    return SALIENCY_METHODS[name]
+    return SALIENCY_METHODS.get_or_raise(name)
 
 
 def default_saliency_method(model: keras.Model) -> GridSaliencyMethod:

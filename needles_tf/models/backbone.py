@@ -22,23 +22,25 @@ from collections.abc import Callable
 
 import keras
 
-BACKBONES: dict[str, type[Backbone]] = {}
+from needles_tf.registry import Registry
+
+BACKBONES: Registry[type[Backbone]] = Registry("--extractor")
 
 
 def register_backbone(name: str) -> Callable[[type[Backbone]], type[Backbone]]:
     """Class decorator: `--extractor=name` builds this backbone (and it serializes)."""
 
     def register(cls: type[Backbone]) -> type[Backbone]:
-        BACKBONES[name] = keras.saving.register_keras_serializable(package="needles_tf")(cls)
+        BACKBONES.register(name)(
+            keras.saving.register_keras_serializable(package="needles_tf")(cls)
+        )
         return cls
 
     return register
 
 
 def get_backbone_class(name: str) -> type[Backbone]:
-    if name not in BACKBONES:
-        raise ValueError(f"extractor={name!r}: expected one of {sorted(BACKBONES)}.")
-    return BACKBONES[name]
+    return BACKBONES.get_or_raise(name)
 
 
 class Backbone(keras.Model):
@@ -86,10 +88,16 @@ class Backbone(keras.Model):
         """(receptive_field, stride), the form saliency upsampling takes."""
         return self.receptive_field, self.stride
 
+    # The `model` config fields that are this backbone's constructor arguments.
+    CONFIG_FIELDS: tuple[str, ...] = ()
+
     @classmethod
     def from_model_config(cls, config, dtype: str | None) -> Backbone:
-        """The backbone of a `model` ConfigDict (needles_tf/configs/), under a dtype policy name."""
-        raise NotImplementedError
+        """The backbone of a `model` ConfigDict (needles_tf/configs/), under a dtype policy
+        name: each of CONFIG_FIELDS the config has, the constructor's default for the rest."""
+        return cls(
+            **{name: config[name] for name in cls.CONFIG_FIELDS if name in config}, dtype=dtype
+        )
 
     def get_config(self) -> dict:
         # Not the functional model's config (a graph): the constructor's arguments.

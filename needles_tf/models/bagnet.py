@@ -37,6 +37,15 @@ class BagNetBackbone(Backbone):
     under instance normalization, whose statistics are those of the whole input.
     """
 
+    CONFIG_FIELDS = (
+        "input_channels",
+        "receptive_field",
+        "width",
+        "normalization",
+        "zero_init_residual",
+    )
+    RECEPTIVE_FIELDS = tuple(sorted(THREE_BY_THREE_BLOCKS))  # those it can be built with
+
     def __init__(
         self,
         input_channels: int = 1,
@@ -66,17 +75,6 @@ class BagNetBackbone(Backbone):
             **kwargs,
         )
 
-    @classmethod
-    def from_model_config(cls, config, dtype: str | None) -> BagNetBackbone:
-        return cls(
-            input_channels=config.input_channels,
-            receptive_field=config.receptive_field,
-            width=config.width,
-            normalization=config.get("normalization", "instance"),
-            zero_init_residual=config.get("zero_init_residual", False),
-            dtype=dtype,
-        )
-
 
 def _bagnet_graph(input_channels, receptive_field, width, normalization, zero_init_residual, dtype):
     """The functional graph (inputs, embedding) of a BagNet, after checking its settings."""
@@ -86,10 +84,7 @@ def _bagnet_graph(input_channels, receptive_field, width, normalization, zero_in
         )
     if width <= 0:
         raise ValueError(f"width={width}: expected a positive capacity scale s.")
-    if normalization not in NORMALIZATIONS:
-        raise ValueError(
-            f"normalization={normalization!r}: expected one of {sorted(NORMALIZATIONS)}."
-        )
+    NORMALIZATIONS.get_or_raise(normalization)
     layers = _Layers(dtype, normalization, zero_init_residual)
     inputs = keras.Input((None, None, input_channels), name="image")
     stem = int(64 * width)

@@ -34,23 +34,33 @@ from needles_tf.models.heads import get_head_class
 from needles_tf.models.pixelcam import get_pixel_head_class
 from needles_tf.precision import resolve_dtype_policy
 
+# `model` fields a config may leave out (the experiment configs write them all), and what
+# leaving one out means: Keras's global dtype policy, the pooling's own arguments, no pixel
+# head. A backbone's own fields default to its constructor's (Backbone.from_model_config).
+OPTIONAL_FIELDS = {"dtype_policy": None, "pooling_kwargs": {}, "pixel_head": ""}
+
+
+def _optional(config, name: str):
+    return config[name] if name in config else OPTIONAL_FIELDS[name]
+
 
 def build_model(config) -> NeedleClassifier:
-    """The classifier of `config`; calling it returns a dict of named outputs."""
+    """The classifier of the `model` ConfigDict `config` (needles_tf/configs/); calling it
+    returns a dict of named outputs."""
     backbone_class = get_backbone_class(config.extractor)
     head_class = get_head_class(config.head)
     if config.num_classes < 1:
         raise ValueError(f"num_classes={config.num_classes}: expected at least 1.")
-    dtype = resolve_dtype_policy(config.get("dtype_policy", None))
+    dtype = resolve_dtype_policy(_optional(config, "dtype_policy"))
     head = head_class(
         config.num_classes,
         config.pooling,
-        dict(config.get("pooling_kwargs", None) or {}),
+        dict(_optional(config, "pooling_kwargs") or {}),
         name=f"{config.head}_head",
     )
     backbone = backbone_class.from_model_config(config, dtype)
-    if config.get("pixel_head", ""):
-        pixel_head = config.pixel_head
+    pixel_head = _optional(config, "pixel_head")
+    if pixel_head:
         head = get_pixel_head_class(pixel_head).for_backbone(
             head, backbone, name=f"{pixel_head}_head"
         )

@@ -27,24 +27,23 @@ import keras
 from keras import ops
 
 from needles_tf.layers.pooling import pooling_class
+from needles_tf.registry import Registry
 
-HEADS: dict[str, type[MILHead]] = {}
+HEADS: Registry[type[MILHead]] = Registry("--head")
 
 
 def register_head(name: str) -> Callable[[type[MILHead]], type[MILHead]]:
     """Class decorator: `--head=name` builds this head (and it serializes)."""
 
     def register(cls: type[MILHead]) -> type[MILHead]:
-        HEADS[name] = keras.saving.register_keras_serializable(package="needles_tf")(cls)
+        HEADS.register(name)(keras.saving.register_keras_serializable(package="needles_tf")(cls))
         return cls
 
     return register
 
 
 def get_head_class(name: str) -> type[MILHead]:
-    if name not in HEADS:
-        raise ValueError(f"head={name!r}: expected one of {sorted(HEADS)}.")
-    return HEADS[name]
+    return HEADS.get_or_raise(name)
 
 
 @keras.saving.register_keras_serializable(package="needles_tf")

@@ -51,6 +51,16 @@ class MultiResBackbone(Backbone):
     while its context reaches far wider: no cell is local.
     """
 
+    CONFIG_FIELDS = (
+        "input_channels",
+        "levels",
+        "saliency_stride",
+        "width",
+        "growth_rate",
+        "dense_layers",
+        "normalization",
+    )
+
     def __init__(
         self,
         input_channels: int = 1,
@@ -84,19 +94,6 @@ class MultiResBackbone(Backbone):
             **kwargs,
         )
 
-    @classmethod
-    def from_model_config(cls, config, dtype: str | None) -> MultiResBackbone:
-        return cls(
-            input_channels=config.input_channels,
-            levels=config.get("levels", 3),
-            saliency_stride=config.get("saliency_stride", 8),
-            width=config.get("width", 1.0),
-            growth_rate=config.get("growth_rate", 16),
-            dense_layers=config.get("dense_layers", 2),
-            normalization=config.get("normalization", "batch"),
-            dtype=dtype,
-        )
-
 
 def _multires_graph(
     input_channels, levels, saliency_stride, width, growth_rate, dense_layers, normalization, dtype
@@ -111,10 +108,7 @@ def _multires_graph(
             f"width={width}, growth_rate={growth_rate}, dense_layers={dense_layers}: expected "
             "a positive width and at least one dense layer of at least one channel."
         )
-    if normalization not in NORMALIZATIONS:
-        raise ValueError(
-            f"normalization={normalization!r}: expected one of {sorted(NORMALIZATIONS)}."
-        )
+    NORMALIZATIONS.get_or_raise(normalization)
     make = _Layers(dtype, normalization)
     inputs = keras.Input((None, None, input_channels), name="image")
     stride, channels = 2, max(8, int(32 * width))

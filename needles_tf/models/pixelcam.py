@@ -34,27 +34,26 @@ import keras
 from keras import ops
 
 from needles_tf.models.heads import MILHead
+from needles_tf.registry import Registry
 
-PIXEL_HEADS: dict[str, type[keras.layers.Layer]] = {}
+# '' (no pixel head) is also a valid --config.model.pixel_head; callers test it first.
+PIXEL_HEADS: Registry[type[keras.layers.Layer]] = Registry("--config.model.pixel_head")
 
 
 def register_pixel_head(name: str) -> Callable[[type], type]:
     """Class decorator: `--config.model.pixel_head=name` adds this head (and it serializes)."""
 
     def register(cls: type) -> type:
-        PIXEL_HEADS[name] = keras.saving.register_keras_serializable(package="needles_tf")(cls)
+        PIXEL_HEADS.register(name)(
+            keras.saving.register_keras_serializable(package="needles_tf")(cls)
+        )
         return cls
 
     return register
 
 
 def get_pixel_head_class(name: str) -> type[keras.layers.Layer]:
-    if name not in PIXEL_HEADS:
-        raise ValueError(
-            f"--config.model.pixel_head={name!r}: expected '' (none) or one of "
-            f"{sorted(PIXEL_HEADS)}."
-        )
-    return PIXEL_HEADS[name]
+    return PIXEL_HEADS.get_or_raise(name)
 
 
 @register_pixel_head("pixelcam")

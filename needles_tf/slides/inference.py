@@ -24,6 +24,7 @@ from PIL import Image
 from skimage.feature import peak_local_max
 
 from needles_tf.atomic import atomic_path
+from needles_tf.grid import cell_centre
 from needles_tf.localization.streaming import PooledStream, same_size_batches
 from needles_tf.localization.tiling import Tile, tiles
 from needles_tf.plots import outline, saliency_overlay
@@ -51,10 +52,10 @@ def cell_tissue(
 ) -> np.ndarray:
     """(cells_y, cells_x) bool: whether the centre of each of the tile's grid cells'
     windows lies on tissue in the (h, w) mask of a `shape` slide."""
-    rows = (np.arange(tile.rows.cells) + tile.rows.first_cell) * stride + receptive_field / 2
-    columns = (
-        np.arange(tile.columns.cells) + tile.columns.first_cell
-    ) * stride + receptive_field / 2
+    rows = cell_centre(np.arange(tile.rows.cells) + tile.rows.first_cell, receptive_field, stride)
+    columns = cell_centre(
+        np.arange(tile.columns.cells) + tile.columns.first_cell, receptive_field, stride
+    )
     y = np.minimum((rows * mask.shape[0] / shape[0]).astype(int), mask.shape[0] - 1)
     x = np.minimum((columns * mask.shape[1] / shape[1]).astype(int), mask.shape[1] - 1)
     return mask[y[:, None], x[None, :]]

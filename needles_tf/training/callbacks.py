@@ -17,6 +17,7 @@ import tensorflow as tf
 from needles_tf.atomic import atomic_write_text
 from needles_tf.localization.methods import default_saliency_method
 from needles_tf.plots import saliency_overlay
+from needles_tf.run_directory import RunDirectory, RunState
 from needles_tf.training.checkpointing import CheckpointManager, atomic_save_weights
 
 
@@ -47,33 +48,21 @@ def largest_weight(model: keras.Model) -> float:
     return largest
 
 
-def new_run_state() -> dict[str, Any]:
-    return {
-        "epoch": 0,  # completed epochs
-        "global_step": 0,  # completed steps (global batches)
-        "best": None,  # best value of the monitored metric
-        "best_epoch": None,
-        "best_weights": None,  # file name in the model directory
-        "history": [],  # one dict per completed epoch
-    }
-
-
-class RunState(keras.callbacks.Callback):
+class RunProgress(keras.callbacks.Callback):
     """Checkpoints every epoch (and every `every_steps` steps), keeps the best weights, logs.
 
-    `state` is the dict that `new_run_state` makes or a checkpoint restored; it
-    is updated in place. `inference_model` shares the trained weights and is
-    what `best-*.weights.h5` holds (no optimizer). Only the chief writes to the
-    model directory; other workers keep their best weights in a private
-    temporary directory (`best_weights_path`), so that none of them reads a file
-    the chief may still be writing.
+    `state` is a new RunState or a checkpoint's; it is updated in place.
+    `inference_model` shares the trained weights and is what `best-*.weights.h5` holds
+    (no optimizer). Only the chief writes to the run directory; other workers keep their
+    best weights in a private temporary directory (`best_weights_path`), so that none of
+    them reads a file the chief may still be writing.
     """
 
     def __init__(
         self,
-        state: dict[str, Any],
+        state: RunState,
         manager: CheckpointManager,
-        model_dir: pathlib.Path,
+        run: RunDirectory,
         inference_model: keras.Model,
         steps_per_epoch: int,
         every_steps: int = 0,
@@ -83,7 +72,7 @@ class RunState(keras.callbacks.Callback):
         super().__init__()
         self.state = state
         self.manager = manager
-        self.model_dir = pathlib.Path(model_dir)
+        self.run = run
         self.inference_model = inference_model
         self.steps_per_epoch = steps_per_epoch
         self.every_steps = every_steps
@@ -95,10 +84,10 @@ class RunState(keras.callbacks.Callback):
 
     def best_weights_path(self) -> pathlib.Path:
         """Where this process finds the best weights: its own copy, else the chief's file."""
-        name = self.state["best_weights"]
+        name = self.state.best_weights
         if self.private_dir is not None and (self.private_dir / name).exists():
             return self.private_dir / name
-        return self.model_dir / name
+        return self.run.path / name
 
     def remove_private_files(self) -> None:
         if self.private_dir is not None:
@@ -111,12 +100,12 @@ class RunState(keras.callbacks.Callback):
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
             raise NonFiniteLossError(
-                f"The training loss became {float(loss)} at epoch {self.state['epoch'] + 1}, "
-                f"step {self.state['global_step'] + 1}. The last checkpoint in "
+                f"The training loss became {float(loss)} at epoch {self.state.epoch + 1}, "
+                f"step {self.state.global_step + 1}. The last checkpoint in "
                 f"{self.manager.directory} is intact."
             )
-        self.state["global_step"] += 1
-        step = self.state["global_step"]
+        self.state.global_step += 1
+        step = self.state.global_step
         # Not at an epoch's last step: the epoch's end saves once validation is done. A
         # checkpoint there would resume into an epoch with no steps left, and validate never.
         if self.every_steps and step % self.every_steps == 0 and step % self.steps_per_epoch:
@@ -127,22 +116,21 @@ class RunState(keras.callbacks.Callback):
         row["learning_rate"] = self.learning_rate  # the epoch's rate (read at its start)
         if self.monitor not in row:
             raise KeyError(f"{self.monitor!r} is not among the epoch's metrics {sorted(row)}.")
-        self.state["history"].append(row)
-        self.state["epoch"] = epoch + 1
-        previous = self.state["best_weights"]
-        if self.state["best"] is None or self._better(row[self.monitor], self.state["best"]):
-            self.state.update(
-                best=row[self.monitor],
-                best_epoch=epoch + 1,
-                best_weights=f"best-epoch{epoch + 1:04d}.weights.h5",
-            )
-            directory = self.model_dir if self.is_chief else self.private_dir
-            atomic_save_weights(self.inference_model, directory / self.state["best_weights"])
+        state = self.state
+        state.history.append(row)
+        state.epoch = epoch + 1
+        previous = state.best_weights
+        if state.best is None or self._better(row[self.monitor], state.best):
+            state.best = row[self.monitor]
+            state.best_epoch = epoch + 1
+            state.best_weights = self.run.best_weights_name(epoch + 1)
+            directory = self.run.path if self.is_chief else self.private_dir
+            atomic_save_weights(self.inference_model, directory / state.best_weights)
         self._save()
         if self.is_chief:
-            atomic_write_text(self.model_dir / "history.csv", history_csv(self.state["history"]))
-            if previous and previous != self.state["best_weights"]:
-                (self.model_dir / previous).unlink(missing_ok=True)
+            atomic_write_text(self.run.history_file, history_csv(state.history))
+            if previous and previous != state.best_weights:
+                (self.run.path / previous).unlink(missing_ok=True)
 
     def _better(self, value: float, best: float) -> bool:
         """A loss is better lower, a score higher."""
@@ -156,12 +144,12 @@ class RunState(keras.callbacks.Callback):
         largest = largest_weight(self.model)
         if not largest <= DIVERGED_WEIGHT:  # NaN compares False
             raise NonFiniteLossError(
-                f"A weight reached {largest:.3g} by epoch {self.state['epoch'] + 1}, step "
-                f"{self.state['global_step']}: the run diverged (weights above "
+                f"A weight reached {largest:.3g} by epoch {self.state.epoch + 1}, step "
+                f"{self.state.global_step}: the run diverged (weights above "
                 f"{DIVERGED_WEIGHT:g} are never checkpointed). The last checkpoint in "
                 f"{self.manager.directory} is intact."
             )
-        self.manager.save(self.model, self.state)
+        self.manager.save(self.model, self.state.to_dict())
 
 
 def history_csv(history: list[dict[str, Any]]) -> str:

@@ -15,15 +15,9 @@ from collections.abc import Callable
 
 import tensorflow as tf
 
-STRATEGIES: dict[str, Callable[[], tf.distribute.Strategy]] = {}
+from needles_tf.registry import Registry
 
-
-def register_strategy(name: str):
-    def register(factory):
-        STRATEGIES[name] = factory
-        return factory
-
-    return register
+STRATEGIES: Registry[Callable[[], tf.distribute.Strategy]] = Registry("--strategy")
 
 
 def cluster_workers() -> int:
@@ -41,7 +35,7 @@ def cluster_workers() -> int:
     return len(cluster.get("worker", [])) + len(cluster.get("chief", []))
 
 
-@register_strategy("one_device")
+@STRATEGIES.register("one_device")
 def one_device() -> tf.distribute.Strategy:
     """TensorFlow's default strategy: the GPU if there is one, else the CPU.
 
@@ -52,14 +46,14 @@ def one_device() -> tf.distribute.Strategy:
     return tf.distribute.get_strategy()
 
 
-@register_strategy("mirrored")
+@STRATEGIES.register("mirrored")
 def mirrored() -> tf.distribute.Strategy:
     """All local GPUs; without GPUs, all logical CPU devices."""
     devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
     return tf.distribute.MirroredStrategy([device.name for device in devices])
 
 
-@register_strategy("multi_worker")
+@STRATEGIES.register("multi_worker")
 def multi_worker() -> tf.distribute.Strategy:
     _reduce_scalars_across_workers()
     return tf.distribute.MultiWorkerMirroredStrategy()
@@ -98,7 +92,7 @@ def _reduce_scalars_across_workers() -> None:
     trainer.reduce_per_replica = reduce_per_replica
 
 
-@register_strategy("auto")
+@STRATEGIES.register("auto")
 def auto() -> tf.distribute.Strategy:
     if cluster_workers() > 1:
         return multi_worker()
@@ -109,9 +103,7 @@ def auto() -> tf.distribute.Strategy:
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
     """The strategy registered as `name`; a ValueError names --strategy and the choices."""
-    if name not in STRATEGIES:
-        raise ValueError(f"--strategy={name!r}: expected one of {sorted(STRATEGIES)}.")
-    return STRATEGIES[name]()
+    return STRATEGIES.get_or_raise(name)()
 
 
 def replica_batch_size(strategy: tf.distribute.Strategy, global_batch_size: int) -> int:

@@ -16,6 +16,8 @@ from collections.abc import Callable
 import keras
 from keras import ops
 
+from needles_tf.registry import Registry
+
 
 def partial_cross_entropy(seeds, logits):
     """Binary cross-entropy averaged over the labelled pixels of the whole batch only.
@@ -138,12 +140,19 @@ class ExclusiveCrossEntropy(keras.losses.Loss):
         return {**super().get_config(), **dataclasses.asdict(self.hyper), "seed": self.seed}
 
 
-def _cross_entropy(config) -> keras.losses.Loss:
+# name -> a function of the cell_targets settings and the run's seed making the loss (its
+# hyperparameters are the settings' `focal` and `exclusive_cross_entropy` sections)
+DENSE_LOSSES: Registry[Callable[..., keras.losses.Loss]] = Registry("--config.cell_targets.loss")
+
+
+@DENSE_LOSSES.register("cross_entropy")
+def _cross_entropy(settings, seed: int) -> keras.losses.Loss:
     return keras.losses.BinaryCrossentropy(from_logits=True, name="cross_entropy")
 
 
-def _focal(config) -> keras.losses.Loss:
-    focal = config.focal
+@DENSE_LOSSES.register("focal")
+def _focal(settings, seed: int) -> keras.losses.Loss:
+    focal = settings.focal
     return keras.losses.BinaryFocalCrossentropy(
         apply_class_balancing=focal.alpha > 0,
         alpha=focal.alpha,
@@ -153,14 +162,6 @@ def _focal(config) -> keras.losses.Loss:
     )
 
 
-def _exclusive_cross_entropy(config) -> keras.losses.Loss:
-    return ExclusiveCrossEntropy(**config.exclusive_cross_entropy, seed=config.seed)
-
-
-# name -> a function of the run's config making the loss (its hyperparameters are the
-# config's `focal` and `exclusive_cross_entropy` fields)
-DENSE_LOSSES: dict[str, Callable[..., keras.losses.Loss]] = {
-    "cross_entropy": _cross_entropy,
-    "focal": _focal,
-    "exclusive_cross_entropy": _exclusive_cross_entropy,
-}
+@DENSE_LOSSES.register("exclusive_cross_entropy")
+def _exclusive_cross_entropy(settings, seed: int) -> keras.losses.Loss:
+    return ExclusiveCrossEntropy(**settings.exclusive_cross_entropy, seed=seed)

@@ -18,7 +18,14 @@ from typing import Any
 import keras
 import ml_collections
 
+from needles_tf.registry import Registry
 
+LR_SCHEDULES: Registry[Callable[[ml_collections.ConfigDict, int], Any]] = Registry(
+    "--config.lr_schedule"
+)
+
+
+@LR_SCHEDULES.register("step")
 def step_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> Any:
     # The rate changes after `epoch` epochs: PiecewiseConstantDecay keeps a value while
     # step <= boundary.
@@ -29,9 +36,10 @@ def step_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> An
     return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
 
 
+@LR_SCHEDULES.register("cosine")
 def cosine_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> Any:
     total = max(1, config.epochs * steps_per_epoch)
-    warmup = min(total - 1, round(config.get("warmup_epochs", 0.0) * steps_per_epoch))
+    warmup = min(total - 1, round(config.warmup_epochs * steps_per_epoch))
     return keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=0.0 if warmup else config.learning_rate,
         decay_steps=total - warmup,
@@ -40,12 +48,6 @@ def cosine_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> 
     )
 
 
-LR_SCHEDULES: dict[str, Callable[[ml_collections.ConfigDict, int], Any]] = {
-    "step": step_schedule,
-    "cosine": cosine_schedule,
-}
-
-
 def learning_rate(config: ml_collections.ConfigDict, steps_per_epoch: int) -> Any:
     """The rate or schedule `config.lr_schedule` names (default: step)."""
-    return LR_SCHEDULES[config.get("lr_schedule", "step")](config, steps_per_epoch)
+    return LR_SCHEDULES.get_or_raise(config.lr_schedule)(config, steps_per_epoch)

@@ -42,6 +42,12 @@ class Cxr14Config(tfds.core.BuilderConfig):
     validation_fraction: float = 0.25
     seed: int = 2018
 
+    @property
+    def task(self) -> str:
+        """What needles_tf.evaluate measures on it (needles_tf.evaluation): AUC per finding,
+        and DICE and IoBB per finding with boxes."""
+        return "findings"
+
 
 class Builder(tfds.core.GeneratorBasedBuilder):
     """DatasetBuilder for NIH ChestX-ray14."""

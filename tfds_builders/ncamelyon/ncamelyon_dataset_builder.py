@@ -42,6 +42,12 @@ class NcamelyonConfig(tfds.core.BuilderConfig):
     crops_per_lesion: int = 50
     seed: int = 2019
 
+    @property
+    def task(self) -> str:
+        """What needles_tf.evaluate measures on it (needles_tf.evaluation): whether the crop
+        holds a lesion, and where (one lesion, boxed, per positive crop)."""
+        return "single_needle"
+
 
 def _make_config(crop_size: int, o2i_name: str) -> NcamelyonConfig:
     low, high = O2I_RANGES[o2i_name]

@@ -53,9 +53,26 @@ class NmnistConfig(tfds.core.BuilderConfig):
     def many_needles(self) -> bool:
         return self.max_needles > 0
 
+    @property
+    def task(self) -> str:
+        """What needles_tf.evaluate measures on it (needles_tf.evaluation): "detection" of
+        every 3 on a many-needles canvas, else "single_needle"."""
+        return "detection" if self.many_needles else "single_needle"
+
+    @property
+    def digit_size(self) -> int:
+        """A digit's side in pixels (MNIST's 28): the needle's box."""
+        return synthesis.DIGIT_SIZE
+
+    @property
+    def o2i(self) -> float:
+        """Object-to-image ratio: one needle's box area over the canvas area (every
+        config's, read by needles_tf.data.o2i from the builder config alone)."""
+        return synthesis.object_to_image(self.canvas_size)
+
 
 def _make_config(canvas_size: int, num_clutter: int, train_repeats: int = 1) -> NmnistConfig:
-    o2i = synthesis.DIGIT_SIZE**2 / canvas_size**2
+    o2i = synthesis.object_to_image(canvas_size)
     name = f"canvas_{canvas_size}" + (f"_train_x{train_repeats}" if train_repeats > 1 else "")
     reuse = f" Each training 3 is used {train_repeats} times." if train_repeats > 1 else ""
     return NmnistConfig(
@@ -71,7 +88,7 @@ def _make_config(canvas_size: int, num_clutter: int, train_repeats: int = 1) -> 
 
 
 # Canvas side -> (fewest, most) needles of a many-needles canvas; the clutter is that of
-# CANVAS_CLUTTER (issue 18: "find every 3", after Panteli et al. 2021's many localizations).
+# CANVAS_CLUTTER ("find every 3", after Panteli et al. 2021's many localizations).
 MANY_NEEDLES = {512: (10, 40), 1024: (40, 160)}
 MANY_NEEDLES_USES = 2  # each 3 of a split appears on about two canvases
 

@@ -24,6 +24,11 @@ DIGIT_SIZE = 28
 NEEDLE_DIGIT = 3
 
 
+def object_to_image(canvas_size: int) -> float:
+    """O2I: a needle's box area over the canvas area, DIGIT_SIZE² / canvas_size²."""
+    return DIGIT_SIZE**2 / canvas_size**2
+
+
 @dataclasses.dataclass(frozen=True)
 class DigitPool:
     """The MNIST digits one split may use.
@@ -61,7 +66,7 @@ class Layout:
     @property
     def o2i(self) -> float:
         """Needle box area over canvas area: 784 / canvas_size²."""
-        return DIGIT_SIZE**2 / self.canvas_size**2
+        return object_to_image(self.canvas_size)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,5 +229,5 @@ def render_many(layout: ManyNeedlesLayout, pool: DigitPool, k: int) -> dict:
             "digit": example.digits,
             "mnist_index": example.sources.astype(np.int32),
         },
-        "o2i": np.float32(DIGIT_SIZE**2 / layout.canvas_size**2),
+        "o2i": np.float32(object_to_image(layout.canvas_size)),
     }

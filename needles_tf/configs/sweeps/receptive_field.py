@@ -10,7 +10,7 @@ cpu_canvas64 recipe for 4 epochs, two seeds (9 to 12 minutes). A field of 177 ne
 canvases of 256 pixels or more (the BagNet pads nothing), and none learned there from
 scratch within the cpu budget: the cpu_canvas256 recipe (sparse steps) on 2,819
 images still gave every validation image the same output after 2 of 4 epochs (15
-minutes; notes of the sweeps issue), and a dense step costs 4 times canvas_128's. So
+minutes on 2 cores), and a dense step costs 4 times canvas_128's. So
 177 is in the paper scale only.
 """
 

@@ -15,17 +15,17 @@ resumed run draws the pixels the uninterrupted one would have drawn.
 
 from __future__ import annotations
 
-import pathlib
-
 import keras
 import tensorflow as tf
 from keras import ops
 
-from needles_tf import runs
 from needles_tf.localization.methods import get_saliency_method
 from needles_tf.localization.pseudo_labels import SeedRecipe, min_max, sample_seeds
 from needles_tf.localization.upsample import cells_to_input
+from needles_tf.run_directory import RunDirectory
 from needles_tf.training.losses import partial_cross_entropy
+from needles_tf.training.modes.base import TRAINING_MODES, Check
+from needles_tf.training.modes.image import ImageLabels
 
 
 def load_teacher(teacher: str, flag: str = "--config.pixelcam.teacher") -> keras.Model:
@@ -34,8 +34,9 @@ def load_teacher(teacher: str, flag: str = "--config.pixelcam.teacher") -> keras
 
     if not teacher:
         raise ValueError(f"{flag} is empty: name a trained run or a packaged model.")
-    if (pathlib.Path(teacher) / "config.json").exists():
-        model, _ = runs.load_run(pathlib.Path(teacher))
+    run = RunDirectory(teacher, flag)
+    if run.config_file.exists():
+        model, _ = run.load_model()
     else:
         try:
             model = models.load(teacher, flag)
@@ -116,3 +117,61 @@ class PixelCAMTraining(keras.Model):
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         return super().compute_metrics(x, y, y_pred["logits"], sample_weight)
+
+
+@TRAINING_MODES.register("pixelcam")
+class PixelCAM(ImageLabels):
+    """The image loss and metrics of `image`, plus the pixel head's partial cross-entropy on
+    a teacher's seeds; a fresh run starts from the teacher's weights (the paper's start)."""
+
+    name = "pixelcam"
+
+    @classmethod
+    def defaults(cls) -> dict:
+        return {
+            # a training run's directory, a .keras file or a packaged model's name
+            "teacher": "",
+            # the teacher's map the seeds come from: "" its own (the head's), or a name of
+            # needles_tf.localization.methods (cam, instance, gradient, ...)
+            "teacher_saliency": "",
+            "foreground_pixels": 5,
+            "background_pixels": 5,
+            "background_fraction": 0.2,  # the authors' code default; their README: 0.4
+            # background seeds of a needle-free image: "anywhere" (uniform, the paper's)
+            # or "salient" (in proportion to the teacher's map: its false alarms)
+            "negative_background": "anywhere",
+            "weight": 1.0,  # of the partial cross-entropy
+        }
+
+    def checks(self) -> list[Check]:
+        pixel_head = self.config.model.pixel_head
+        return [
+            Check(
+                bool(pixel_head),
+                "--config.model.pixel_head",
+                pixel_head,
+                "a pixel head (needles_tf.models.pixelcam.PIXEL_HEADS) with --mode=pixelcam",
+            )
+        ]
+
+    def image_model(self, inference: keras.Model) -> keras.Model:
+        settings = self.settings
+        recipe = SeedRecipe(
+            settings.foreground_pixels,
+            settings.background_pixels,
+            settings.background_fraction,
+            settings.negative_background,
+        )
+        teacher = load_teacher(settings.teacher)
+        return PixelCAMTraining(
+            inference,
+            teacher,
+            settings.teacher_saliency,
+            recipe,
+            settings.weight,
+            self.config.seed,
+            name="training",
+        )
+
+    def start(self, inference: keras.Model, training: keras.Model) -> None:
+        initialize_from_teacher(inference, training.teacher, "--config.pixelcam.teacher")

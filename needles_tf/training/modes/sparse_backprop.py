@@ -33,6 +33,8 @@ import keras
 import tensorflow as tf
 
 from needles_tf.localization.tiling import axis_spans
+from needles_tf.training.modes.base import TRAINING_MODES
+from needles_tf.training.modes.image import ImageLabels
 
 
 @keras.saving.register_keras_serializable(package="needles_tf")
@@ -43,19 +45,19 @@ class SparseBackprop(keras.Model):
         super().__init__(**kwargs)
         if not classifier.local_cells:
             raise ValueError(
-                "--backprop=sparse recomputes grid cells from their windows, so each cell must "
-                "depend on its window alone: use the bagnet extractor with "
+                "--mode=sparse_backprop recomputes grid cells from their windows, so each "
+                "cell must depend on its window alone: use the bagnet extractor with "
                 "--config.model.normalization=batch (instance normalization and the multires "
                 "extractor couple every cell to the whole image)."
             )
         if top_k < 0:
             raise ValueError(
-                f"--config.sparse_top_k={top_k}: expected 0 (every cell the "
+                f"--config.sparse_backprop.top_k={top_k}: expected 0 (every cell the "
                 "gradient reaches) or a positive count per image."
             )
         if tile_size < classifier.geometry[0]:
             raise ValueError(
-                f"--config.sparse_tile_size={tile_size}: expected at least the receptive "
+                f"--config.sparse_backprop.tile_size={tile_size}: expected at least the receptive "
                 f"field, {classifier.geometry[0]} pixels."
             )
         self.classifier = classifier
@@ -173,3 +175,25 @@ def crop_windows(images, cells, receptive_field: int, stride: int) -> tf.Tensor:
         axis=-1,
     )
     return tf.gather_nd(images, index)
+
+
+@TRAINING_MODES.register("sparse_backprop")
+class SparseBackpropTraining(ImageLabels):
+    """Image-level labels with sparse steps: the loss and metrics of `image`, the gradient
+    through the selected windows only. Batch normalization runs on the statistics
+    PreciseBatchNorm estimates before the first step, never re-estimated."""
+
+    name = "sparse_backprop"
+    precise_bn_before_validation = False
+
+    @classmethod
+    def defaults(cls) -> dict:
+        return {
+            "top_k": 0,  # cells per image in sparse steps; 0: all the gradient reaches
+            "tile_size": 1024,  # sparse steps run the backbone tile by tile above this
+        }
+
+    def image_model(self, inference: keras.Model) -> keras.Model:
+        return SparseBackprop(
+            inference, self.settings.top_k, self.settings.tile_size, name="training"
+        )
