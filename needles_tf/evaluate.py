@@ -41,7 +41,7 @@ from absl import app, flags, logging
 
 from needles_tf import bootstrap, metrics, models, packaged
 from needles_tf.atomic import atomic_write_text, writable_directory
-from needles_tf.cli import one_line_usage_errors
+from needles_tf.cli import define_flags, one_line_usage_errors
 from needles_tf.data import load, pipeline
 from needles_tf.evaluation import Inputs, Settings, evaluator_for, saliency_batch
 from needles_tf.localization.methods import get_saliency_method
@@ -182,10 +182,7 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    flags.DEFINE_string("model_dir", None, "A training run's directory.")
-    flags.DEFINE_string(
-        "model", None, "Or a packaged model's name, a .keras file or a folder holding one."
-    )
+    define_flags("model_dir", "model", "tfds_data_dir")
     flags.DEFINE_string("dataset", None, "TFDS name/config (default: the model's own).")
     flags.DEFINE_string(
         "out_dir", None, "Where to write (default: DIR/eval, or eval/MODEL/DATASET)."
@@ -205,5 +202,4 @@ if __name__ == "__main__":
     flags.DEFINE_float(
         "detection_threshold", 0.5, "Many needles: the score of a detection for P/R/F1."
     )
-    flags.DEFINE_string("tfds_data_dir", None, "TFDS data directory.")
     app.run(one_line_usage_errors(main))

@@ -27,7 +27,7 @@ from absl import app, flags, logging
 
 from needles_tf import metadata as metadata_module
 from needles_tf.atomic import atomic_path, replace_directory, usual_permissions, writable_directory
-from needles_tf.cli import one_line_usage_errors
+from needles_tf.cli import define_flags, one_line_usage_errors
 from needles_tf.data import pipeline
 from needles_tf.models.factory import float32_model
 from needles_tf.packaged import KERAS_FILE
@@ -112,7 +112,6 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     # Defined here, not at import, so that needles_tf.train can import this module.
-    flags.DEFINE_string("model_dir", None, "A training run's directory.")
+    define_flags("model_dir", "tfds_data_dir")
     flags.DEFINE_integer("version", 1, "Version number of the SavedModel directory.")
-    flags.DEFINE_string("tfds_data_dir", None, "Where the run's dataset is built (class names).")
     app.run(one_line_usage_errors(main))

@@ -38,7 +38,7 @@ from absl import app, flags
 
 from needles_tf import evaluate, export, model_card, packaged
 from needles_tf.atomic import atomic_write_text, replace_directory, usual_permissions
-from needles_tf.cli import one_line_usage_errors
+from needles_tf.cli import define_flags, one_line_usage_errors
 from needles_tf.data import pipeline
 from needles_tf.metadata import read_metadata
 from needles_tf.run_directory import RunDirectory
@@ -215,15 +215,8 @@ def _update_readme() -> None:
 
 if __name__ == "__main__":
     flags.DEFINE_string("name", None, "The packaged model to build.", required=True)
-    flags.DEFINE_string("model_dir", None, "The training run (default: the recipe's).")
+    define_flags("model_dir", "tfds_data_dir", "tfds_manual_dir")  # the run: the recipe's
     flags.DEFINE_bool("card_only", False, "Only rewrite MODEL_CARD.md from the package's files.")
     flags.DEFINE_bool("speed_only", False, "Only measure the speed again (then rewrite the card).")
     flags.DEFINE_bool("reexport", False, "Export model.keras again (then rewrite the card).")
-    flags.DEFINE_string("tfds_data_dir", None, "TFDS data directory.")
-    flags.DEFINE_string(
-        "tfds_manual_dir",
-        None,
-        "The directory of the four MNIST .gz files (the recipes' PATH_TO_MNIST): missing "
-        "datasets are built from it.",
-    )
     app.run(one_line_usage_errors(main))

@@ -49,7 +49,7 @@ from PIL import Image, ImageOps
 
 from needles_tf import cohort, packaged
 from needles_tf.atomic import atomic_path
-from needles_tf.cli import one_line_usage_errors
+from needles_tf.cli import define_flags, one_line_usage_errors
 from needles_tf.grid import cell_centre
 from needles_tf.localization.streaming import StreamingModel, stream_image
 from needles_tf.localization.upsample import saliency_to_input
@@ -350,10 +350,7 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    flags.DEFINE_string(
-        "model", None, "A packaged model's name, a SavedModel directory or a .keras file.",
-        required=True,
-    )  # fmt: skip
+    define_flags("model", required=True)
     flags.DEFINE_string(
         "out_dir", None, "Write overlays (images), heatmaps, thumbnails and JSON (slides), "
         "and predictions.csv here.",

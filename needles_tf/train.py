@@ -32,7 +32,7 @@ import tensorflow as tf
 from absl import app, flags, logging
 
 from needles_tf import export
-from needles_tf.cli import ConfigError, one_line_usage_errors
+from needles_tf.cli import ConfigError, define_flags, one_line_usage_errors
 from needles_tf.configs import flags as config_flags
 from needles_tf.data import pipeline, targets
 from needles_tf.metrics import strict_json_metrics
@@ -48,16 +48,8 @@ from needles_tf.training.precise_bn import PreciseBatchNorm, batch_norm_layers
 
 __all__ = ["ConfigError", "train", "train_curriculum"]
 
-_MODEL_DIR = flags.DEFINE_string(
-    "model_dir", None, "Where checkpoints, logs and the export go (default: runs/<run name>)."
-)
-_TFDS_DATA_DIR = flags.DEFINE_string("tfds_data_dir", None, "TFDS data directory.")
-_TFDS_MANUAL_DIR = flags.DEFINE_string(
-    "tfds_manual_dir",
-    None,
-    "TFDS manual directory, for building a dataset from local files "
-    "(e.g. the four MNIST .gz files).",
-)
+define_flags("model_dir", "tfds_data_dir", "tfds_manual_dir")
+flags.adopt_module_key_flags(config_flags)  # --config, --preset and the plain flags
 
 
 def train(
@@ -321,15 +313,15 @@ def main(argv: list[str]) -> None:
         config = config_flags.resolved_config()
     except ValueError as error:  # e.g. an unknown --preset
         raise app.UsageError(str(error)) from error
-    model_dir = pathlib.Path(_MODEL_DIR.value or default_model_dir(config))
+    model_dir = pathlib.Path(flags.FLAGS.model_dir or default_model_dir(config))
     print(f"Model directory: {model_dir}", flush=True)
     try:
         run = train_curriculum if config.curriculum else train
         metrics = run(
             config,
             model_dir,
-            tfds_data_dir=_TFDS_DATA_DIR.value,
-            tfds_manual_dir=_TFDS_MANUAL_DIR.value,
+            tfds_data_dir=flags.FLAGS.tfds_data_dir,
+            tfds_manual_dir=flags.FLAGS.tfds_manual_dir,
         )
     except ConfigError as error:  # RunError too
         raise app.UsageError(str(error)) from error

@@ -135,6 +135,7 @@ def test_multires_config_trains_on_it_and_exports(multires_run):
     assert read_metadata(exported)["class_names"][-1] == "Hernia"
 
 
+@pytest.mark.slow
 def test_evaluate_reports_auc_dice_and_iobb_per_finding(multires_run, built, miniature, capsys):
     from needles_tf import evaluate
 

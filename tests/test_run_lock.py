@@ -27,6 +27,7 @@ def test_a_second_holder_is_refused_with_the_first_named(tmp_path):
         pass
 
 
+@pytest.mark.slow
 def test_the_lock_of_a_killed_run_is_taken_over(tmp_path, capsys):
     script = (
         "import sys, time\n"

@@ -27,6 +27,7 @@ def tiny(head: str, pooling: str) -> tuple[keras.Model, ml_collections.ConfigDic
 IMAGES = np.random.default_rng(0).integers(0, 256, (2, 40, 40, 1)).astype(np.float32)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("head", "pooling", "methods"),
     [
@@ -85,6 +86,7 @@ def test_gradient_times_input_is_the_gradient_weighted_by_the_pixel():
     assert np.all(product[:, :10] == 0.0) and product[:, 10:].max() > 0.0
 
 
+@pytest.mark.slow
 def test_soft_threshold_and_sparse_inversion_limits():
     values = np.array([-2.0, -0.5, 0.0, 0.3, 1.5], np.float32)
     np.testing.assert_allclose(np.asarray(soft_threshold(values, 1.0)), [-1.0, 0, 0, 0, 0.5])
@@ -135,6 +137,7 @@ def test_unit_forms():
     np.testing.assert_array_equal(SALIENCY_METHODS["instance"].unit_grid(grid), grid)
 
 
+@pytest.mark.slow
 def test_the_default_method_is_the_heads_own_map():
     assert tiny("embedding", "max")[0].head.default_saliency == "cam"
     assert tiny("embedding", "attention")[0].head.default_saliency == "attention"

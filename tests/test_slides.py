@@ -73,6 +73,7 @@ def exported_model():
     return predict.ExportedModel(StreamingModel.from_keras(model), metadata)
 
 
+@pytest.mark.slow
 def test_a_slide_streamed_in_tiles_equals_whole_image_inference(tmp_path, exported_model):
     pixels = tissue_everywhere()
     write_slide(tmp_path / "slide.tif", pixels)
@@ -177,6 +178,7 @@ def test_a_pyramid_halves_down_to_one_tile(tmp_path):
     assert levels[-1].read_rows(0, 150).min() == 200
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", ["add", "served"])
 def test_a_crash_leaves_no_output(tmp_path, exported_model, monkeypatch, stage):
     """Ctrl-C while tiles stream in (add) or while the heatmap is finished (served)."""

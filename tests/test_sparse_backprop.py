@@ -82,6 +82,7 @@ def test_max_pooling_gradient_is_exact(head, pooling, receptive_field):
     assert 0 < len(cells) < grid_cells  # only the maxima are recomputed
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("head", "pooling"),
     [("embedding", "attention"), ("instance", "lse_lba"), ("embedding", "mean")],
@@ -138,10 +139,15 @@ def test_tiles_give_the_whole_images_grid_and_gradient():
     model = batch_norm_model("embedding", "max")
     whole, tiled = SparseBackprop(model), SparseBackprop(model, tile_size=33)
     x = model.preprocessor(IMAGES)
-    np.testing.assert_allclose(tiled.tiled_grid(x), whole.tiled_grid(x), rtol=1e-5, atol=1e-5)
+    # oneDNN blocks a convolution by its input's shape, so a tile and the whole image sum
+    # in other orders: on an AVX2-only AMD EPYC, single cells differed by up to 1.4e-4 of
+    # their value, in the grid and in the gradient alike
+    grid = whole.tiled_grid(x)
+    atol = 1e-4 * float(np.abs(grid).max())
+    np.testing.assert_allclose(tiled.tiled_grid(x), grid, rtol=1e-5, atol=atol)
     _, dense = gradients(model, whole.sparse_logits)
     _, by_tiles = gradients(model, tiled.sparse_logits)
     for d, t in zip(dense, by_tiles, strict=True):
-        np.testing.assert_allclose(t, d, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(t, d, rtol=5e-4, atol=1e-4 * float(np.abs(d).max()))
     with pytest.raises(ValueError, match=r"sparse_backprop\.tile_size=8: expected at least"):
         SparseBackprop(model, tile_size=8)

@@ -190,6 +190,7 @@ def test_peaks_are_local_maxima_placed_at_window_centres():
     assert detection.cell_centres(np.array([[2, 3]]), 33, 8).tolist() == [[32.5, 40.5]]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(DENSE_LOSSES))
 def test_a_few_steps_lower_each_loss(name):
     settings = dict(

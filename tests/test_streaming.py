@@ -41,7 +41,18 @@ def away_from_initial(model: keras.Model) -> keras.Model:
     return model
 
 
-@pytest.mark.parametrize("head, pooling", list(combinations()))
+# The quick loop streams one case of each kind of state (running max, online softmax,
+# sums); `slow` runs every head and pooling.
+QUICK = {("embedding", "max"), ("embedding", "attention"), ("instance", "lse_lba")}
+
+
+@pytest.mark.parametrize(
+    "head, pooling",
+    [
+        pytest.param(head, pooling, marks=() if (head, pooling) in QUICK else pytest.mark.slow)
+        for head, pooling in combinations()
+    ],
+)
 def test_streamed_tiles_equal_whole_image_inference(head, pooling):
     model = random_model(head=head, pooling=pooling, num_classes=2)
     image = np.random.default_rng(2).uniform(0, 255, (150, 190, 1)).astype("float32")
@@ -53,7 +64,9 @@ def test_streamed_tiles_equal_whole_image_inference(head, pooling):
     assert streamed["tiles"] == 4 * 5
     np.testing.assert_allclose(streamed["probability"], whole["probability"][0], rtol=1e-5)
     for key in ("saliency_grid", "saliency_unit"):  # every tile's slice of the whole map
-        np.testing.assert_allclose(streamed[key], served[key][0], rtol=1e-5, atol=1e-7)
+        # oneDNN's AVX2 kernels sum a tile's convolutions in another order than the whole
+        # image's: single cells 1.8e-4 of their value apart on an AMD EPYC
+        np.testing.assert_allclose(streamed[key], served[key][0], rtol=5e-4, atol=1e-7)
 
 
 def test_tiles_cover_the_grid_once_in_reading_order():
@@ -76,8 +89,8 @@ def test_batches_of_tiles_give_the_answer_of_single_tiles(head, pooling):
     image = np.random.default_rng(4).uniform(0, 255, (150, 190, 1)).astype("float32")
     one = stream_image(model, image, 48, RECEPTIVE_FIELD, STRIDE, batch_size=1)
     batched = stream_image(model, image, 48, RECEPTIVE_FIELD, STRIDE, batch_size=3)
-    for key in ("probability", "saliency_grid", "saliency_unit"):
-        np.testing.assert_allclose(batched[key], one[key], rtol=1e-5, atol=1e-7)
+    for key in ("probability", "saliency_grid", "saliency_unit"):  # summation order apart
+        np.testing.assert_allclose(batched[key], one[key], rtol=5e-4, atol=1e-7)
 
 
 def test_same_size_batches_never_mix_sizes():

@@ -166,6 +166,7 @@ def test_a_bad_sweep_file_names_the_field(tmp_path):
         sweep.load_sweep(f"{path}:cpu")
 
 
+@pytest.mark.slow
 def test_the_command_line_reports_nothing_finished_in_one_line(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "needles_tf.sweep", "--sweep=pooling:cpu", "--report",
