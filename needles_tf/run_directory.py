@@ -29,7 +29,7 @@ import ml_collections
 from needles_tf.atomic import atomic_write_text, writable_directory
 from needles_tf.cli import ConfigError
 from needles_tf.packaged import KERAS_FILE
-from needles_tf.training.run_lock import RunLockedError, run_lock
+from needles_tf.run_lock import RunLockedError, run_lock
 
 # Fields a resumed run may change; any other difference from config.json is an error.
 RESUMABLE_CHANGES = (

@@ -115,7 +115,7 @@ def uninterrupted(tfds_dir, tmp_path_factory):
     training (under a lock, in the session's common temporary folder) and each gets its
     own copy of the finished run."""
     from needles_tf import train as train_module
-    from needles_tf.training.run_lock import LOCK_FILE
+    from needles_tf.run_lock import LOCK_FILE
 
     base = tmp_path_factory.getbasetemp()
     shared = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shared-run"

@@ -1,4 +1,4 @@
-"""One run per model directory: needles_tf.training.run_lock and the trainer's use of it."""
+"""One run per model directory: needles_tf.run_lock and the trainer's use of it."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 
 from needles_tf import train as train_module
 from needles_tf.configs import nmnist
-from needles_tf.training.run_lock import LOCK_FILE, RunLockedError, run_lock
+from needles_tf.run_lock import LOCK_FILE, RunLockedError, run_lock
 
 
 def test_a_second_holder_is_refused_with_the_first_named(tmp_path):
@@ -31,7 +31,7 @@ def test_a_second_holder_is_refused_with_the_first_named(tmp_path):
 def test_the_lock_of_a_killed_run_is_taken_over(tmp_path, capsys):
     script = (
         "import sys, time\n"
-        "from needles_tf.training.run_lock import run_lock\n"
+        "from needles_tf.run_lock import run_lock\n"
         "with run_lock(sys.argv[1]):\n"
         "    print('locked', flush=True)\n"
         "    time.sleep(600)\n"

@@ -16,9 +16,9 @@ from conftest import assert_same_checkpoint_weights, free_ports, tiny_config
 
 from needles_tf import train as train_module
 from needles_tf.run_directory import RunDirectory
+from needles_tf.run_lock import LOCK_FILE
 from needles_tf.training.checkpointing import CheckpointManager
 from needles_tf.training.precise_bn import batch_norm_layers
-from needles_tf.training.run_lock import LOCK_FILE
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 STEPS_PER_EPOCH = 3  # 12 dummy training images, batch 4 (conftest.tiny_config)
