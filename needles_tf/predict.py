@@ -90,7 +90,7 @@ def load_exported(model: str | os.PathLike, strategy: str | None = None) -> Expo
     metadata = read_metadata(path)
     scope, replicate = contextlib.nullcontext(), None
     if strategy is not None:
-        from needles_tf import distribute
+        from needles_tf.training import distribute
 
         chosen = distribute.make_strategy(strategy)
         scope = chosen.scope()

@@ -92,22 +92,16 @@ def test_keras_file_round_trip(tmp_path):
 @pytest.mark.slow
 def test_multi_label_training_steps_lower_the_loss():
     """K = 3 sigmoid outputs, binary cross-entropy per class: a few steps fit a tiny batch."""
-    from needles_tf import train
+    from needles_tf.configs import multires
+    from needles_tf.training.modes.image import ImageLabels
+    from needles_tf.training.optimizers import make_optimizer
 
     keras.utils.set_random_seed(0)
-    config = ml_collections.ConfigDict(
-        {
-            "model": multires_config(),
-            "optimizer": "adam",
-            "learning_rate": 1e-3,
-            "lr_decay_epochs": (),
-            "lr_decay_factor": 0.1,
-            "weight_decay": 1e-5,
-            "batch_size": 4,
-            "effective_batch_size": 4,
-        }
-    )
-    training = train.compile_for_training(build_model(config.model), config, steps_per_epoch=10)
+    config = multires.get_config()
+    config.model = multires_config()
+    config.update(lr_decay_epochs=(), batch_size=4, effective_batch_size=4)
+    optimizer = make_optimizer(config, steps_per_epoch=10)
+    training = ImageLabels(config).training_model(build_model(config.model), optimizer)
     rng = np.random.default_rng(1)
     images = rng.uniform(0, 255, (4, 32, 32, 1)).astype(np.float32)
     labels = rng.integers(0, 2, (4, 3)).astype(np.float32)

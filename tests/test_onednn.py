@@ -98,8 +98,14 @@ def test_gradients_with_onednn_equal_eigens(tmp_path):
         )
         for name in eigen
     }
-    bad = {name: error for name, error in worst.items() if error > 1e-3}
-    assert not bad, f"relative differences above 1e-3: {bad}"
+    # A layer alone: round-off only. A whole training step amplifies it (an input moved by
+    # 1e-7 moves the instance-normalized BagNets' gradients by 5e-4, weight_gradients.py);
+    # on an AVX2-only AMD EPYC RF 9's differed by 1.5e-3.
+    tolerance = {"layer": 1e-3, "model": 5e-3}
+    bad = {
+        name: error for name, error in worst.items() if error > tolerance[name.split("/")[0]]
+    }
+    assert not bad, f"relative differences above {tolerance}: {bad}"
 
 
 @pytest.mark.parametrize("shape", [(2, 8, 10, 3), (1, 7, 9, 4), (3, 1, 1, 2)])

@@ -15,7 +15,6 @@ from test_predict import with_random_statistics
 from test_streaming import away_from_initial
 
 from needles_tf import evaluate, export
-from needles_tf.configs import pixelcam as pixelcam_config
 from needles_tf.localization.methods import get_saliency_method, served_grid
 from needles_tf.localization.pseudo_labels import IGNORE, SeedRecipe, sample_seeds
 from needles_tf.localization.streaming import StreamingModel, stream_image
@@ -293,12 +292,10 @@ def test_a_pixelcam_run_trains_from_its_teacher_and_exports_the_pixel_map(nmnist
     config = tiny_config(epochs=1, overlay_images=0, checkpoint_every_steps=0)
     teacher = build_model(config.model)
     teacher.save(tmp_path / "teacher.keras")
-    pixelcam = pixelcam_config.get_config()
-    with config.unlocked():
-        config.model.pixel_head = "pixelcam_window"
-        config.pixelcam = pixelcam.pixelcam
-        config.pixelcam.teacher_saliency = "gradient_input"
-        config.pixelcam.teacher = str(tmp_path / "teacher.keras")
+    config.mode = "pixelcam"
+    config.model.pixel_head = "pixelcam_window"
+    config.pixelcam.teacher_saliency = "gradient_input"
+    config.pixelcam.teacher = str(tmp_path / "teacher.keras")
     data_dir = str(pathlib.Path(nmnist_64.data_dir).parents[2])
     metrics = train_module.train(config, tmp_path / "run", tfds_data_dir=data_dir, verbose=0)
 

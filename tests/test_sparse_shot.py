@@ -238,12 +238,11 @@ def test_a_sparse_shot_run_trains_and_evaluate_detects(many_needles, tmp_path):
         effective_batch_size=1,
         optimizer="adam",
         learning_rate=1e-3,
-        crop_size=161,
-        annotation_fraction=0.2,
         precise_bn_images=0,
     )
-    config.exclusive_cross_entropy.update(exclusivity_midpoint=0.0, background_midpoint=0.0)
-    config.exclusive_cross_entropy.annealing_temperature = 1.0
+    config.cell_targets.update(crop_size=161, annotation_fraction=0.2)
+    settings = config.cell_targets.exclusive_cross_entropy
+    settings.update(exclusivity_midpoint=0.0, background_midpoint=0.0, annealing_temperature=1.0)
     data_dir = str(many_needles.data_dir_root)
     metrics = train(config, tmp_path / "run", tfds_data_dir=data_dir, verbose=0)
     assert metrics["epochs"] == 2 and "auc" in metrics["test"]

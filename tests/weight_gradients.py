@@ -13,7 +13,11 @@ Two kinds of record:
   model, for the cases where that is well conditioned. At random
   initialization the deep RF 177 network is not: with Eigen alone, an input
   changed by 1e-7 (relative) moves its gradients by 16% (measured), so it is
-  checked layer by layer only.
+  checked layer by layer only. Nor are batch-normalized BagNets on a batch of
+  two: the same 1e-7 moves RF 9's by 0.37% and RF 33's by 0.22% (instance
+  normalization: 0.05%), and on an AVX2-only AMD EPYC oneDNN's and Eigen's
+  round-off, amplified so, left their whole-model gradients 3-20% apart while
+  every layer alone agreed to 1e-3; they too are checked layer by layer.
 """
 
 from __future__ import annotations
@@ -25,9 +29,9 @@ import numpy as np
 # name -> (model config fields, input size, whole-model check): every extractor, both
 # normalizations, sizes even at every stride (where oneDNN's strided 1x1 kernel went wrong).
 CASES = {
-    "bagnet_rf9_batch": (dict(receptive_field=9, normalization="batch"), 64, True),
+    "bagnet_rf9_batch": (dict(receptive_field=9, normalization="batch"), 64, False),
     "bagnet_rf9_instance": (dict(receptive_field=9, normalization="instance"), 64, True),
-    "bagnet_rf33_batch": (dict(receptive_field=33, normalization="batch"), 64, True),
+    "bagnet_rf33_batch": (dict(receptive_field=33, normalization="batch"), 64, False),
     "bagnet_rf33_instance": (dict(receptive_field=33, normalization="instance"), 64, True),
     "bagnet_rf177_batch": (dict(receptive_field=177, normalization="batch"), 192, False),
     "bagnet_rf177_instance": (dict(receptive_field=177, normalization="instance"), 192, False),

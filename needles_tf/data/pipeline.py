@@ -109,11 +109,14 @@ def training_stream(
     data_dir: str | None,
     num_classes: int,
     augmentation: dict | None = None,
+    with_index: bool = False,
 ) -> tuple[tf.data.Dataset, int]:
     """An endless, deterministic stream of training batches and the batches per epoch.
 
     `augmentation`: arguments of needles_tf.data.augment.augment_batches (zoom,
-    translate_pixels, rotate_degrees), or None for none.
+    translate_pixels, rotate_degrees), or None for none. `with_index`: batches of
+    ({"image", "index"}, label), the index an example's place in the split's order
+    (`training_images`), for modes that keep a state per training image.
 
     Each pass over the split is shuffled anew from `seed`, so the k-th batch is
     the same in every run: resuming at global step k is `stream.skip(k)`.
@@ -136,12 +139,48 @@ def training_stream(
     data = data.map(lambda ex: to_example(ex, num_classes), num_parallel_calls=tf.data.AUTOTUNE)
     if _decoded_bytes(data, examples) <= CACHE_BYTES:
         data = data.cache()
+    if with_index:
+        if augmentation and any(augmentation.values()):
+            raise ValueError("a state per training image needs unwarped images: no augmentation")
+        data = data.enumerate().map(lambda i, ex: ({"image": ex[0], "index": i}, ex[1]))
     buffer = min(examples, SHUFFLE_BUFFER)
     data = data.shuffle(buffer, seed=seed, reshuffle_each_iteration=True).repeat()
     data = data.batch(batch_size, drop_remainder=True)
     if augmentation and any(augmentation.values()):  # all zero: no warp at all
         data = augment_batches(data, seed, **augmentation)
     return _shard_by_data(data.prefetch(tf.data.AUTOTUNE)), examples // batch_size
+
+
+def training_images(
+    name: str,
+    size: int | None,
+    positive_fraction: float,
+    oversample_minority: bool,
+    seed: int,
+    data_dir: str | None,
+    batch_size: int,
+    keep=None,
+) -> tf.data.Dataset:
+    """One ordered pass over the training split as `training_stream` draws from it: batches
+    of (image, index); `keep(index)`, a boolean tensor function, picks examples. Its
+    `examples` attribute counts the whole split's."""
+    data = load(
+        name,
+        "train",
+        size=size,
+        positive_fraction=positive_fraction,
+        oversample_minority=oversample_minority,
+        seed=seed,
+        data_dir=data_dir,
+    )
+    examples = int(data.cardinality())
+    data = data.enumerate()
+    if keep is not None:
+        data = data.filter(lambda i, ex: keep(i))
+    data = data.map(lambda i, ex: (ex["image"], i), num_parallel_calls=tf.data.AUTOTUNE)
+    data = data.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    data.examples = examples
+    return data
 
 
 def evaluation_batches(

@@ -17,6 +17,8 @@ class ImageLabels(TrainingMode):
     """Binary cross-entropy of the image logits; accuracy and ROC AUC as metrics."""
 
     name = "image"
+    # batches of ({"image", "index"}, label): for modes that keep a state per training image
+    with_index = False
 
     def checks(self) -> list[Check]:
         pixel_head = self.config.model.pixel_head
@@ -48,6 +50,7 @@ class ImageLabels(TrainingMode):
             data_dir,
             classes,
             augmentation=config.augmentation.to_dict(),  # all zero: no warp
+            with_index=self.with_index,
         )
         validation, test = (
             pipeline.evaluation_batches(config.dataset, split, config.batch_size, data_dir, classes)

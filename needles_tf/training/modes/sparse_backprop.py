@@ -87,25 +87,8 @@ class SparseBackprop(keras.Model):
         return head(grid, training=True)["logits"]
 
     def tiled_grid(self, x) -> tf.Tensor:
-        """The backbone's grid of preprocessed images, in inference mode; images with a side
-        over `tile_size` go tile by tile, each tile after the last, so that memory holds one
-        tile's activations (tiles overlap by RF - stride: needles_tf.localization.tiling)."""
-        backbone = self.classifier.backbone
-        height, width = x.shape[1], x.shape[2]
-        if height is None or width is None or max(height, width) <= self.tile_size:
-            return backbone(x, training=False)
-        rows = axis_spans(height, self.tile_size, *backbone.geometry)
-        columns = axis_spans(width, self.tile_size, *backbone.geometry)
-        previous, grid_rows = [], []
-        for row in rows:
-            parts = []
-            for column in columns:
-                with tf.control_dependencies(previous):  # one tile at a time
-                    tile = tf.identity(x[:, row.start : row.stop, column.start : column.stop])
-                parts.append(backbone(tile, training=False))
-                previous = [parts[-1]]
-            grid_rows.append(tf.concat(parts, axis=2))
-        return tf.concat(grid_rows, axis=1)
+        """The backbone's grid of preprocessed images, in inference mode (`tiled_grid`)."""
+        return tiled_grid(self.classifier.backbone, x, self.tile_size)
 
     def selected_cells(self, grid) -> tf.Tensor:
         """(N, 3) int32 [image, row, column] of the cells the loss can reach through the head."""
@@ -135,6 +118,27 @@ class SparseBackprop(keras.Model):
         config = dict(config)
         config["classifier"] = keras.layers.deserialize(config["classifier"])
         return cls(**config)
+
+
+def tiled_grid(backbone: keras.Model, x, tile_size: int) -> tf.Tensor:
+    """`backbone`'s grid of preprocessed images, in inference mode; images with a side over
+    `tile_size` go tile by tile, each tile after the last, so that memory holds one tile's
+    activations (tiles overlap by RF - stride: needles_tf.localization.tiling)."""
+    height, width = x.shape[1], x.shape[2]
+    if height is None or width is None or max(height, width) <= tile_size:
+        return backbone(x, training=False)
+    rows = axis_spans(height, tile_size, *backbone.geometry)
+    columns = axis_spans(width, tile_size, *backbone.geometry)
+    previous, grid_rows = [], []
+    for row in rows:
+        parts = []
+        for column in columns:
+            with tf.control_dependencies(previous):  # one tile at a time
+                tile = tf.identity(x[:, row.start : row.stop, column.start : column.stop])
+            parts.append(backbone(tile, training=False))
+            previous = [parts[-1]]
+        grid_rows.append(tf.concat(parts, axis=2))
+    return tf.concat(grid_rows, axis=1)
 
 
 def head_gradient_norm(head: keras.layers.Layer, grid) -> tf.Tensor:
