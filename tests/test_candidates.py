@@ -15,6 +15,7 @@ import keras
 import numpy as np
 import pytest
 from conftest import assert_same_checkpoint_weights, tiny_bagnet_config, tiny_config
+from test_train import Crash
 
 from needles_tf import train as train_module
 from needles_tf.cli import ConfigError
@@ -135,17 +136,6 @@ def test_warps_are_refused_in_one_line(tfds_dir, tmp_path):
     config.augmentation.zoom = 0.1
     with pytest.raises(ConfigError, match=r"--config.augmentation=.*no warps with"):
         train_module.train(config, tmp_path, tfds_data_dir=tfds_dir, verbose=0)
-
-
-class Crash(keras.callbacks.Callback):
-    def __init__(self, after_steps: int):
-        super().__init__()
-        self.remaining = after_steps
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.remaining -= 1
-        if self.remaining == 0:
-            raise KeyboardInterrupt
 
 
 @pytest.mark.slow

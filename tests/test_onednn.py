@@ -102,9 +102,7 @@ def test_gradients_with_onednn_equal_eigens(tmp_path):
     # 1e-7 moves the instance-normalized BagNets' gradients by 5e-4, weight_gradients.py);
     # on an AVX2-only AMD EPYC RF 9's differed by 1.5e-3.
     tolerance = {"layer": 1e-3, "model": 5e-3}
-    bad = {
-        name: error for name, error in worst.items() if error > tolerance[name.split("/")[0]]
-    }
+    bad = {name: error for name, error in worst.items() if error > tolerance[name.split("/")[0]]}
     assert not bad, f"relative differences above {tolerance}: {bad}"
 
 
